@@ -1,0 +1,171 @@
+"""``pilot``: the command line of the pilot-line control system and digital twin."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pilot_config import ConfigError, config_schema, default_config_path, load_config
+
+from .durations import parse_duration
+
+app = typer.Typer(
+    help="Digital twin and control system of the Dy/Tb recovery pilot line.\n\n"
+    "Start with `pilot simulate` (runs the shipped line for 24 plant-hours, no PLC or database "
+    "needed), then `pilot history DIR --tag NAME` to read a recorded series.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Check plant configuration files and print their schema.",
+                         no_args_is_help=True)
+app.add_typer(config_app, name="config")
+err = Console(stderr=True)
+out = Console()
+
+ConfigArg = Annotated[
+    Optional[Path],
+    typer.Argument(help="plant YAML file (default: the shipped pilot_line.yaml)", show_default=False),
+]
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def load_or_fail(path: Optional[Path]):
+    try:
+        config = load_config(path)
+        from twin.build import check_signals
+
+        check_signals(config, str(path or default_config_path()))
+        return config
+    except ConfigError as exc:
+        n = len(exc.issues)
+        err.print(f"[bold red]error:[/] {n} problem{'s' if n > 1 else ''} in the configuration:")
+        for issue in exc.issues:
+            err.print(f"  {issue}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@config_app.command("check")
+def config_check(path: Annotated[Path, typer.Argument(help="plant YAML file to check")]) -> None:
+    """Validate FILE: print every error with file, line, YAML path, value and what is allowed."""
+    config = load_or_fail(path)
+    out.print(f"[green]ok[/] {path}: line {config.name!r}, {len(config.tags)} tags, "
+              f"{len(config.electrolysis.cells)} cells, contactor {config.extraction.contactor}")
+
+
+@config_app.command("schema")
+def config_schema_cmd() -> None:
+    """Print the JSON Schema of plant YAML files (for editors and reviews)."""
+    sys.stdout.write(json.dumps(config_schema(), indent=2) + "\n")
+
+
+@app.command()
+def simulate(
+    config_path: ConfigArg = None,
+    until: Annotated[str, typer.Option("--until", help="plant time to run: 30min, 24h, 2d")] = "24h",
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for summary.json, history and plots")] = Path("out/run"),
+    speed: Annotated[Optional[float], typer.Option(
+        "--speed", help="pace at X times real time (default: as fast as possible)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="sensor-noise seed (default: from the config)")] = None,
+    plots: Annotated[bool, typer.Option(help="write PNG plots")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Run the pilot line standalone on the twin and write KPIs, history and plots.
+
+    Writes DIR/summary.json (plant/wall time, real-time factor, final tag values, KPIs),
+    DIR/history.sqlite (every tag's time series; read it with `pilot history`) and DIR/*.png.
+    """
+    try:
+        until_s = parse_duration(until)
+    except ValueError as exc:
+        fail(str(exc))
+    if speed is not None and not (0 < speed <= 1e6):
+        fail(f"--speed must be a positive factor of real time (got {speed})")
+    config = load_or_fail(config_path)
+    from .app import simulate as run
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.fields[plant]}"), TimeElapsedColumn(),
+                  console=err, disable=quiet, transient=False) as bar:
+        task = bar.add_task(config.name, total=until_s, plant="0.0 h")
+
+        def progress(t: float, total: float) -> None:
+            bar.update(task, completed=t, plant=f"{t / 3600:.1f} h of {total / 3600:.1f} h")
+
+        try:
+            result = run(config, until_s, out_dir, speed=speed, seed=seed, progress=progress,
+                         make_plots=plots)
+        except OSError as exc:
+            fail(f"cannot write to {out_dir}: {exc}")
+    print_summary(result.summary)
+    out.print(f"\nsummary: {out_dir / 'summary.json'}\nhistory: {out_dir / 'history.sqlite'} "
+              f"(`pilot history {out_dir} --tag NAME`)")
+    for p in result.plots:
+        out.print(f"plot:    {p}")
+
+
+def print_summary(summary: dict) -> None:
+    table = Table(title=f"KPIs after {summary['plant_time_s'] / 3600:.1f} plant-hours "
+                        f"({summary['realtime_factor']:.0f}x real time)")
+    table.add_column("KPI")
+    table.add_column("value", justify="right")
+    for key, value in summary["kpis"].items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, float):
+            value = f"{value:.6g}"
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+@app.command()
+def history(
+    run_dir: Annotated[Path, typer.Argument(help="output folder of `pilot simulate`")],
+    tag: Annotated[Optional[str], typer.Option(help="tag to print (omit to list the tags)")] = None,
+    csv: Annotated[bool, typer.Option(help="print CSV (time_s,value,quality)")] = False,
+) -> None:
+    """Read a recorded series back from a run's embedded historian."""
+    from .historian.sqlite import history_path, list_tags, read_series
+
+    path = history_path(run_dir)
+    if not path.is_file():
+        fail(f"no historian at {path}: run `pilot simulate --out {run_dir}` first")
+    if tag is None:
+        for name in list_tags(path):
+            out.print(name, highlight=False)
+        return
+    try:
+        series = read_series(path, tag)
+    except KeyError:
+        names = list_tags(path)
+        near = [n for n in names if tag.lower() in n.lower()][:10]
+        fail(f"unknown tag {tag!r} in {path}" + (f"; did you mean {near}?" if near else
+             f"; {len(names)} tags recorded, list them with `pilot history {run_dir}`"))
+    if csv:
+        sys.stdout.write("time_s,value,quality\n")
+        for t, v, q in zip(series.time_s, series.value, series.quality):
+            sys.stdout.write(f"{t:.3f},{v:.9g},{q}\n")
+        return
+    table = Table(title=f"{tag} ({len(series.value)} samples)")
+    for col in ("plant time", "value", "quality"):
+        table.add_column(col, justify="right")
+    step = max(1, len(series.value) // 40)
+    for t, v, q in list(zip(series.time_s, series.value, series.quality))[::step]:
+        table.add_row(f"{t / 3600:.2f} h", f"{v:.6g}", q)
+    out.print(table)
+    out.print(f"(every {step}th sample shown; use --csv for all)")
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,47 @@
+"""The one small interface every historian sink implements (Telegraf-style lifecycle).
+
+Lifecycle: ``open()`` once, then any number of ``write_batch()`` and ``flush()``, then
+``close()``. ``write_batch`` either stores the whole batch or raises ``SinkError`` (the caller
+keeps the batch: nothing is lost on a failed write). Sinks are synchronous; the recorder calls
+them from its own worker so that the control loop never waits on I/O.
+
+Schema (shared by every sink, see docs/historian.md):
+- measurement: ``process`` (PLC tags), ``estimate``, ``decision`` (setpoints/MPC),
+  ``alarm`` (alarm/event transitions), ``kpi``;
+- tags (low cardinality): ``unit`` (plant unit), ``tag`` (tag name), ``quality``
+  (good / uncertain / bad), and ``session`` (training sessions only);
+- one float field ``value``; the timestamp is the source time, Unix seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+MEASUREMENTS: tuple[str, ...] = ("process", "estimate", "decision", "alarm", "kpi")
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    measurement: str
+    tag: str
+    unit: str
+    value: float
+    time_s: float
+    quality: str = "good"
+    session: str = ""
+
+
+class SinkError(RuntimeError):
+    """A batch was not stored (server unreachable, refused, disk full). The batch is intact."""
+
+
+class Sink(Protocol):
+    def open(self) -> None: ...
+
+    def write_batch(self, points: Sequence[Point]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,120 @@
+"""The whole pilot line: feed, adsorption carousel, eluate tank, SX cascade, electrolysis cells,
+vacuum distillation, PLC tags, OPC UA namespace and simulation settings."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .adsorption import CarouselConfig
+from .base import SPECIES, StrictModel
+from .electrolysis import CellConfig, DistillationConfig
+from .extraction import CascadeConfig
+from .tags import Tag
+
+
+def _check_species_map(value: dict[str, float], what: str) -> dict[str, float]:
+    unknown = sorted(set(value) - set(SPECIES))
+    missing = [s for s in SPECIES if s not in value]
+    if unknown:
+        raise ValueError(f"unknown species {unknown} in {what}; allowed: {list(SPECIES)}")
+    if missing:
+        raise ValueError(f"{what} needs every species; missing {missing}")
+    negative = [k for k, v in value.items() if v < 0]
+    if negative:
+        raise ValueError(f"concentrations must be >= 0; negative for {negative}")
+    return value
+
+
+class FeedConfig(StrictModel):
+    """Leach liquor from the dissolution of scrap magnets / unused resources."""
+
+    flow_L_per_h: float = Field(gt=0, le=5000, description="design leach-liquor flow to the lead column")
+    acidity_mol_per_L: float = Field(ge=0, le=5, description="free acid [H+] of the liquor")
+    composition_mg_per_L: dict[str, float] = Field(description="element concentrations, mg/L")
+
+    @field_validator("composition_mg_per_L")
+    @classmethod
+    def _species(cls, v: dict[str, float]) -> dict[str, float]:
+        return _check_species_map(v, "feed composition")
+
+
+class EluateTankConfig(StrictModel):
+    """Buffer between the carousel's eluate and the cascade feed pump."""
+
+    capacity_L: float = Field(gt=0, le=100000)
+    initial_volume_L: float = Field(ge=0)
+    low_volume_L: float = Field(gt=0, description="the feed pump stops drawing below this volume")
+    cascade_feed_L_per_h: float = Field(gt=0, le=1000, description="design cascade feed (pump setpoint)")
+    initial_composition_mg_per_L: dict[str, float] = Field(
+        description="eluate held in the tank at start (and the cascade's design feed)"
+    )
+    initial_acidity_mol_per_L: float = Field(ge=0, le=10)
+
+    @field_validator("initial_composition_mg_per_L")
+    @classmethod
+    def _species(cls, v: dict[str, float]) -> dict[str, float]:
+        return _check_species_map(v, "eluate tank composition")
+
+    @model_validator(mode="after")
+    def _volumes(self) -> "EluateTankConfig":
+        if self.initial_volume_L > self.capacity_L:
+            raise ValueError(f"initial_volume_L ({self.initial_volume_L}) exceeds capacity_L ({self.capacity_L})")
+        if self.low_volume_L >= self.capacity_L:
+            raise ValueError("low_volume_L must be below capacity_L")
+        return self
+
+
+class ElectrolysisConfig(StrictModel):
+    cells: list[CellConfig] = Field(min_length=1, max_length=8)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "ElectrolysisConfig":
+        names = [c.name for c in self.cells]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"cell names must be unique; repeated: {dupes}")
+        return self
+
+
+class OpcUaConfig(StrictModel):
+    namespace_uri: str = Field("urn:pilot-line:plc", min_length=1)
+    endpoint: str = Field("opc.tcp://127.0.0.1:4840", pattern=r"^opc\.tcp://")
+
+
+class SimulationConfig(StrictModel):
+    sync_step_s: float = Field(60.0, ge=1, le=600, description="co-simulation step (inputs held)")
+    record_period_s: float = Field(60.0, ge=1, le=3600, description="historian sampling period")
+    seed: int = Field(0, ge=0, description="seed of the sensor-noise generator")
+    start: Literal["design", "cold"] = Field(
+        "design", description="design: cascade at its design steady state; cold: barren cascade"
+    )
+
+
+class PilotLineConfig(StrictModel):
+    name: str = Field(min_length=1)
+    description: str = ""
+    feed: FeedConfig
+    adsorption: CarouselConfig
+    eluate_tank: EluateTankConfig
+    extraction: CascadeConfig
+    electrolysis: ElectrolysisConfig
+    distillation: DistillationConfig
+    tags: list[Tag] = Field(min_length=1)
+    opcua: OpcUaConfig = OpcUaConfig()
+    simulation: SimulationConfig = SimulationConfig()
+
+    @model_validator(mode="after")
+    def _tags_unique(self) -> "PilotLineConfig":
+        names = [t.name for t in self.tags]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"tag names must be unique; repeated: {dupes}")
+        return self
+
+    def tag(self, name: str) -> Tag:
+        for t in self.tags:
+            if t.name == name:
+                return t
+        raise KeyError(name)

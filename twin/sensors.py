@@ -1,0 +1,120 @@
+"""The PLC's view of the twin: tags bound to flowsheet signals, sensor noise, analyser delay.
+
+Measured value of a sensor tag at a scan: ``eng = scale·si + offset + N(0, noise_sd)``, drawn
+once per synchronisation step from the plant's seeded generator (so a run is reproducible).
+An analyser samples every ``period_s`` and reports the sampled value ``delay_s`` later, with its
+source timestamp at the *sample* time (that is what the estimator needs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from pilot_config.tags import Tag
+
+from .flowsheet import Flowsheet
+from .signals import Quality, Sample, WriteResult
+
+
+class UnknownSignalError(KeyError):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+@dataclass
+class BoundTag:
+    tag: Tag
+    block: object
+    kind: str  # 'y' or 'u'
+    index: int
+    scale: float
+    offset: float
+
+    def si(self) -> float:
+        arr = self.block.y if self.kind == "y" else self.block.u  # type: ignore[attr-defined]
+        return float(arr[self.index])
+
+
+def bind_tags(tags: list[Tag], flowsheet: Flowsheet) -> dict[str, BoundTag]:
+    """Resolve every tag's signal; collect all unknown signals in one error."""
+    bound, problems = {}, []
+    known = None
+    for i, tag in enumerate(tags):
+        try:
+            block, kind, index = flowsheet.resolve(tag.signal)
+        except KeyError:
+            known = known or flowsheet.signal_names()
+            head = tag.signal.split(".")[0]
+            near = [s for s in known if s.startswith(head + ".")][:8]
+            problems.append(
+                f"tags[{i}] ({tag.name}): unknown signal {tag.signal!r}"
+                + (f"; signals of {head!r} include {near}" if near else
+                   f"; blocks are {sorted(flowsheet.blocks)}")
+            )
+            continue
+        if tag.writable and kind != "u":
+            problems.append(f"tags[{i}] ({tag.name}): a {tag.kind} must name a unit input, "
+                            f"{tag.signal!r} is an output")
+            continue
+        scale, offset = tag.conversion()
+        bound[tag.name] = BoundTag(tag, block, kind, index, scale, offset)
+    if problems:
+        raise UnknownSignalError(problems)
+    return bound
+
+
+class TagLayer:
+    """Scans, noise, analysers, quality overrides and checked writes for a bound tag set."""
+
+    def __init__(self, bound: dict[str, BoundTag], rng: np.random.Generator, epoch_s: float = 0.0):
+        self.bound = bound
+        self.rng = rng
+        self.epoch_s = epoch_s
+        self.quality_override: dict[str, Quality] = {}
+        self._scan: dict[str, Sample] = {}
+        self._analysers: dict[str, Sample] = {}
+        self.analyser_tags = [n for n, b in bound.items() if b.tag.kind == "analyser"]
+
+    def measure(self, name: str) -> float:
+        b = self.bound[name]
+        value = b.scale * b.si() + b.offset
+        if b.tag.noise_sd > 0:
+            value += self.rng.normal(0.0, b.tag.noise_sd)
+        return float(value)
+
+    def scan(self, t: float) -> None:
+        """Refresh every non-analyser tag at plant time ``t`` (after a physics step)."""
+        stamp = self.epoch_s + t
+        for name, b in self.bound.items():
+            if b.tag.kind != "analyser":
+                self._scan[name] = Sample(self.measure(name), stamp)
+
+    def report_analyser(self, name: str, value: float, sample_t: float) -> None:
+        self._analysers[name] = Sample(value, self.epoch_s + sample_t)
+
+    def snapshot(self) -> dict[str, Sample]:
+        out = {**self._scan, **self._analysers}
+        for name, q in self.quality_override.items():
+            s = out.get(name)
+            if s is not None:
+                out[name] = Sample(s.value, s.source_time, q)
+        return out
+
+    def write(self, values: Mapping[str, float]) -> WriteResult:
+        accepted, refused = [], {}
+        for name, value in values.items():
+            b = self.bound.get(name)
+            if b is None:
+                refused[name] = "unknown tag"
+            elif not b.tag.writable:
+                refused[name] = f"read-only ({b.tag.kind})"
+            elif not np.isfinite(value) or not (b.tag.low <= value <= b.tag.high):
+                refused[name] = f"out of range: {value} not in [{b.tag.low}, {b.tag.high}] {b.tag.unit}"
+            else:
+                b.block.u[b.index] = (value - b.offset) / b.scale  # type: ignore[attr-defined]
+                accepted.append(name)
+        return WriteResult(tuple(accepted), refused)
