@@ -30,9 +30,14 @@ def advance(
     *,
     rtol: float = 1e-6,
     atol: float | np.ndarray = 1e-9,
-    method: str = "BDF",
+    method: str | None = None,
 ) -> np.ndarray:
-    """State at ``t1`` starting from ``x0`` at ``t0`` with inputs ``u`` held (zero-order hold)."""
+    """State at ``t1`` starting from ``x0`` at ``t0`` with inputs ``u`` held (zero-order hold).
+
+    ``method`` defaults to the unit's ``preferred_method`` (small units integrate far faster
+    with LSODA, whose stiffness switching costs nothing on each restart) or else BDF.
+    """
+    method = method or getattr(unit, "preferred_method", "BDF")
     if t1 <= t0:
         return np.array(x0, dtype=float, copy=True)
 
