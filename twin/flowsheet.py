@@ -133,8 +133,9 @@ class Flowsheet:
                         block.set_input(key, value)
             for outlet in block.outlets:
                 before[(name, outlet)] = block.cumulative(outlet, self.species)
-            block.x = advance(block.unit, t0, t1, block.x, block.u, block.p,
-                              rtol=block.rtol, atol=block.atol)
+            if block.x.size:
+                block.x = advance(block.unit, t0, t1, block.x, block.u, block.p,
+                                  rtol=block.rtol, atol=block.atol, first_step=dt)
             block.refresh(t1)
         self.t = t1
 

@@ -1,0 +1,144 @@
+"""Config of the Dy/Tb solvent-extraction cascade (extraction | scrub | strip, closed organic loop).
+
+Distribution ratio D = C_org / C_aq at equilibrium, per species, one of three models
+(discriminated on ``model``):
+
+- ``constant``:    D fixed (for checks against Kremser and for inert tracers);
+- ``mass_action``: cation exchange with an acidic organophosphorus extractant (P507 / HEHEHP,
+  D2EHPA, Cyanex 272 class, dimer (HA)2 in kerosene):
+  ``M^z+ + z (HA)2(org) ⇌ M(HA2)z(org) + z H+``  →  ``D = Kex · [HA]free^n / [H+]^z``,
+  with [HA]free and [H+] in mol/L (Kex on that basis, the dimer factor folded into Kex),
+  n = z by default (3 for Ln3+, Fe3+, Al3+; 2 for UO2 2+; 4 for Th4+). Each ion loaded takes
+  2z HA monomer-equivalents (6 per Ln at saturation: 1 M HA loads at most ~0.17 M Ln) and
+  releases z H+ to the aqueous phase, so [HA]free = C_HA − Σ 2 z_j C_org,j falls with loading;
+- ``empirical``:   ``log10 D = m · pH + b`` (open REE models), z used for the acid balance only.
+
+Contactors: ``mixer_settler`` (the volumes and k·a as given) or ``emulsion_flow`` (a stirred
+emulsion-flow extractor with ``throughput_factor`` (≈4) times the throughput of a mixer-settler
+of equal volume). The volumes and k·a in this file are on the *mixer-settler basis* (what a
+mixer-settler for the same duty would need); for ``emulsion_flow`` the unit holds
+mixer/settler volumes divided by the factor (1/4 the hold-up per throughput), a k·a multiplied
+by it (finer emulsion, more interfacial area) and hence a settler (disengagement) hold-up time
+divided by it. k·a·τ_mix, and so the stage efficiency and the steady state, is the same for
+both contactors; the emulsion-flow cascade is smaller and its dynamics faster.
+Source of the factor: MISSION.md (4× throughput, 1/3–1/4 the size).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from .base import SPECIES, StrictModel
+
+
+class ConstantD(StrictModel):
+    model: Literal["constant"]
+    D: float = Field(gt=0, le=1e6, description="distribution ratio C_org/C_aq (-)")
+    charge: int = Field(3, ge=1, le=4, description="H+ released per ion extracted")
+
+
+class MassActionD(StrictModel):
+    model: Literal["mass_action"]
+    Kex: float = Field(gt=0, le=1e9, description="extraction constant, [HA] and [H+] in mol/L")
+    charge: int = Field(3, ge=1, le=4, description="z: H+ released per ion extracted (H+ order)")
+    extractant_order: float | None = Field(
+        None, ge=0, le=8, description="n, order in free extractant; default = charge")
+
+    @property
+    def n(self) -> float:
+        return float(self.charge if self.extractant_order is None else self.extractant_order)
+
+
+class EmpiricalD(StrictModel):
+    model: Literal["empirical"]
+    slope_per_pH: float = Field(ge=0, le=6, description="m in log10 D = m·pH + b")
+    intercept: float = Field(ge=-20, le=20, description="b in log10 D = m·pH + b")
+    charge: int = Field(3, ge=1, le=4, description="H+ released per ion extracted")
+
+
+Distribution = Annotated[Union[ConstantD, MassActionD, EmpiricalD], Field(discriminator="model")]
+
+
+class StageCounts(StrictModel):
+    extraction: int = Field(ge=1, le=60, description="stages from raffinate end to feed stage")
+    scrub: int = Field(ge=1, le=60, description="stages between feed stage and strip section")
+    strip: int = Field(ge=1, le=30, description="stripping stages")
+
+    @property
+    def total(self) -> int:
+        return self.extraction + self.scrub + self.strip
+
+    @model_validator(mode="after")
+    def _total(self) -> "StageCounts":
+        if self.total > 100:
+            raise ValueError(f"at most 100 stages in all; got {self.total}")
+        return self
+
+
+class CascadeConfig(StrictModel):
+    """Dy/Tb separation cascade. Flows in L/h, acidities in mol/L, volumes in L per stage."""
+
+    contactor: Literal["mixer_settler", "emulsion_flow"]
+    stages: StageCounts
+    mixer_volume_L: float = Field(gt=0, le=1000, description="per stage, mixer-settler basis")
+    settler_volume_L: float = Field(gt=0, le=5000, description="per stage (both phases), mixer-settler basis")
+    settler_aqueous_fraction: float = Field(0.5, ge=0.1, le=0.9, description="aqueous share of settler")
+    throughput_factor: float = Field(
+        4.0, ge=1, le=10, description="emulsion_flow: throughput / that of a mixer-settler of equal volume")
+    mass_transfer_per_s: float = Field(gt=0, le=10, description="k·a toward equilibrium in the mixer, mixer-settler basis")
+    design_feed_flow_L_per_h: float = Field(gt=0, le=1000, description="aqueous feed for sizing checks")
+    feed_acidity_mol_per_L: float = Field(0.3, ge=0, le=6, description="design feed [H+] (initial input)")
+    organic_flow_L_per_h: float = Field(gt=0, le=5000, description="loaded/recycled organic flow")
+    scrub_flow_L_per_h: float = Field(gt=0, le=1000, description="scrub acid into the last scrub stage")
+    scrub_acid_mol_per_L: float = Field(ge=0, le=6, description="[H+] of the scrub acid")
+    strip_flow_L_per_h: float = Field(gt=0, le=1000, description="strip acid into the last strip stage")
+    strip_acid_mol_per_L: float = Field(gt=0, le=12, description="[H+] of the strip acid")
+    extractant_concentration_mol_per_L: float = Field(gt=0, le=3, description="total HA (monomer basis)")
+    saponification_fraction: float = Field(
+        0.0, ge=0, le=0.6, description="share of HA recycled as Na/NH4 salt (neutralises acid in stage 1)")
+    distribution: dict[str, Distribution] = Field(description="D model per species")
+
+    @field_validator("distribution")
+    @classmethod
+    def _every_species(cls, v: dict) -> dict:
+        unknown = sorted(set(v) - set(SPECIES))
+        missing = [s for s in SPECIES if s not in v]
+        if unknown:
+            raise ValueError(f"unknown species {unknown} in distribution; allowed: {list(SPECIES)}")
+        if missing:
+            raise ValueError(f"distribution needs a model for every species; missing {missing}")
+        return v
+
+    @property
+    def factor(self) -> float:
+        """Throughput factor applied to this contactor (1 for mixer-settlers)."""
+        return self.throughput_factor if self.contactor == "emulsion_flow" else 1.0
+
+    @property
+    def mixer_holdup_L(self) -> float:
+        return self.mixer_volume_L / self.factor
+
+    @property
+    def settler_holdup_L(self) -> float:
+        return self.settler_volume_L / self.factor
+
+    @property
+    def effective_mass_transfer_per_s(self) -> float:
+        return self.mass_transfer_per_s * self.factor
+
+    def mixer_residence_s(self) -> float:
+        """Mixer residence time in the extraction section (the busiest) at design flows."""
+        q = self.design_feed_flow_L_per_h + self.scrub_flow_L_per_h + self.organic_flow_L_per_h
+        return 3600.0 * self.mixer_holdup_L / q
+
+    @model_validator(mode="after")
+    def _sizing(self) -> "CascadeConfig":
+        ka_tau = self.effective_mass_transfer_per_s * self.mixer_residence_s()
+        if ka_tau < 1.0:
+            raise ValueError(
+                f"mixer_volume_L ({self.mixer_volume_L}) too small for mass_transfer_per_s "
+                f"({self.mass_transfer_per_s}) at the design flows: k·a·τ_mix = {ka_tau:.2f} < 1 "
+                "(stage efficiency below 50%)")
+        return self
