@@ -51,6 +51,8 @@ class EluateTankConfig(StrictModel):
         description="eluate held in the tank at start (and the cascade's design feed)"
     )
     initial_acidity_mol_per_L: float = Field(ge=0, le=10)
+    acidity_setpoint_mol_per_L: float | None = Field(
+        None, gt=0, le=10, description="pH-adjustment of the eluate before the cascade (None: off)")
 
     @field_validator("initial_composition_mg_per_L")
     @classmethod

@@ -101,15 +101,16 @@ class Flowsheet:
             out += [f"{b.name}.{n}" for n in b.unit.input_names]
         return out
 
-    def resolve(self, signal: str) -> tuple[Block, str, int]:
-        """signal -> (block, 'y' | 'u', index). Raises KeyError naming close matches."""
+    def resolve(self, signal: str, prefer_input: bool = False) -> tuple[Block, str, int]:
+        """signal -> (block, 'y' | 'u', index); where a unit has an input and an output of the
+        same name, the output (what the plant does) wins unless ``prefer_input``."""
         head, _, rest = signal.partition(".")
         block = self.blocks.get(head)
         if block is not None:
-            if rest in block.output_index:
-                return block, "y", block.output_index[rest]
-            if rest in block.input_index:
-                return block, "u", block.input_index[rest]
+            order = (("u", block.input_index), ("y", block.output_index))
+            for kind, index in order if prefer_input else order[::-1]:
+                if rest in index:
+                    return block, kind, index[rest]
         raise KeyError(signal)
 
     def get(self, signal: str) -> float:

@@ -45,7 +45,7 @@ def bind_tags(tags: list[Tag], flowsheet: Flowsheet) -> dict[str, BoundTag]:
     known = None
     for i, tag in enumerate(tags):
         try:
-            block, kind, index = flowsheet.resolve(tag.signal)
+            block, kind, index = flowsheet.resolve(tag.signal, prefer_input=tag.writable)
         except KeyError:
             known = known or flowsheet.signal_names()
             head = tag.signal.split(".")[0]
@@ -57,7 +57,7 @@ def bind_tags(tags: list[Tag], flowsheet: Flowsheet) -> dict[str, BoundTag]:
             )
             continue
         if tag.writable and kind != "u":
-            problems.append(f"tags[{i}] ({tag.name}): a {tag.kind} must name a unit input, "
+            problems.append(f"tags[{i}] ({tag.name}): {'an' if tag.kind[0] in 'aeiou' else 'a'} {tag.kind} must name a unit input, "
                             f"{tag.signal!r} is an output")
             continue
         scale, offset = tag.conversion()

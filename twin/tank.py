@@ -6,6 +6,10 @@ outflow integrals ``cum_out_<sp>``, ``cum_out_H``, ``cum_out_volume``.
     dV/dt   = Q_in − Q_out_eff
     dn_i/dt = Q_in c_in,i − Q_out_eff n_i / V
 
+With acidity control (``TankParams.acidity_setpoint``, mol/m3), a base/acid dosing loop drives
+[H+] to the setpoint with time constant τ_pH: dn_H/dt += (H_sp·V − n_H)/τ_pH (protons are not
+an element of the ledger; the dosing volume is negligible next to the tank's).
+
 The pump cannot draw from an empty tank: Q_out_eff = Q_out · s(V), with s a smooth switch that
 falls from 1 to 0 as V drops through ``low_volume`` (keeps the ODE well posed, no event needed).
 """
@@ -25,6 +29,8 @@ from .unit import index_map
 class TankParams:
     capacity_m3: float
     low_volume_m3: float
+    acidity_setpoint: float | None = None  # mol/m3; None: no acidity control
+    acidity_time_constant_s: float = 600.0
 
 
 class Tank:
@@ -68,6 +74,8 @@ class Tank:
         dx = np.empty_like(x)
         dx[0] = q_in - q_out
         dx[1 : 1 + nc] = q_in * c_in - out_rate
+        if p.acidity_setpoint is not None:
+            dx[nc] += (p.acidity_setpoint * x[0] - x[nc]) / p.acidity_time_constant_s
         dx[1 + nc : 1 + 2 * nc] = out_rate
         dx[-1] = q_out
         return dx

@@ -1,0 +1,73 @@
+"""Key performance indicators of a run, computed from the plant's ledger and units.
+
+Definitions (all over the run, from t = 0):
+- ``tb_purity_pct``: Tb / (Dy + Tb + Nd + Pr) in the cascade raffinate collected (REO basis, as
+  rare-earth purity is quoted in trade); ``tb_purity_final_pct`` is the instantaneous value at
+  the end. ``dy_purity_pct`` likewise for Dy in the strip liquor.
+- ``tb_recovery_pct``: Tb leaving in the raffinate / Tb leaving the cascade (raffinate + strip);
+  ``dy_recovery_pct``: Dy in the strip / Dy leaving the cascade.
+- ``adsorption_hree_recovery_pct``: 1 − (Dy+Tb lost to raffinate, wash and regenerant)/(Dy+Tb fed);
+  ``adsorption_rejection_pct``: per Fe/Al/U/Th, 1 − (eluted)/(fed).
+- ``current_efficiency_pct`` per cell: Tb deposited · 3F / charge passed;
+  ``specific_energy_kWh_per_kg_Tb``: electrical energy / Tb deposited.
+- ``organic_inventory_L``; ``mass_balance_error``: per element (see ``twin.ledger``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pilot_config.base import FARADAY_C_PER_MOL, MOLAR_MASS_G_PER_MOL, REJECTED, SPECIES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .plant import TwinPlant
+
+IDX = {s: i for i, s in enumerate(SPECIES)}
+REE = ("Dy", "Tb", "Nd", "Pr")
+
+
+def _pct(num: float, den: float) -> float | None:
+    return float(100.0 * num / den) if den > 0 else None
+
+
+def _purity(n: np.ndarray, sp: str) -> float | None:
+    return _pct(n[IDX[sp]], sum(n[IDX[s]] for s in REE))
+
+
+def compute_kpis(plant: "TwinPlant") -> dict:
+    led, line = plant.ledger, plant.line
+    raff = led.stream(line.extraction, "raffinate")
+    strip = led.stream(line.extraction, "strip")
+    fed = led.feed_in
+    lost = sum(led.stream(line.adsorption, o) for o in ("raffinate", "wash", "regen"))
+    eluted = led.stream(line.adsorption, "eluate")
+    hree = [IDX["Dy"], IDX["Tb"]]
+    sx = plant.flowsheet.blocks[line.extraction]
+    kpis: dict = {
+        "tb_purity_pct": _purity(raff, "Tb"),
+        "tb_purity_final_pct": 100.0 * sx.y[sx.output_index["tb_purity"]],
+        "dy_purity_pct": _purity(strip, "Dy"),
+        "tb_recovery_pct": _pct(raff[IDX["Tb"]], raff[IDX["Tb"]] + strip[IDX["Tb"]]),
+        "dy_recovery_pct": _pct(strip[IDX["Dy"]], raff[IDX["Dy"]] + strip[IDX["Dy"]]),
+        "tb_product_kg": raff[IDX["Tb"]] * MOLAR_MASS_G_PER_MOL["Tb"] / 1000.0,
+        "dy_product_kg": strip[IDX["Dy"]] * MOLAR_MASS_G_PER_MOL["Dy"] / 1000.0,
+        "adsorption_hree_recovery_pct": _pct(fed[hree].sum() - lost[hree].sum(), fed[hree].sum()),
+        "adsorption_rejection_pct": {s: _pct(fed[IDX[s]] - eluted[IDX[s]], fed[IDX[s]]) for s in REJECTED},
+        "carousel_switches": sum("carousel switch" in e.text for e in plant.events),
+        "organic_inventory_L": 1000.0 * sx.y[sx.output_index["organic_inventory"]],
+    }
+    deposited = charge = energy = 0.0
+    for name in line.cells:
+        cell = plant.flowsheet.blocks[name]
+        d, q, e = line.cell_totals(cell)
+        kpis[f"{name}_current_efficiency_pct"] = _pct(d * 3 * FARADAY_C_PER_MOL, q)
+        deposited, charge, energy = deposited + d, charge + q, energy + e
+    tb_kg = deposited * MOLAR_MASS_G_PER_MOL["Tb"] / 1000.0
+    kpis["current_efficiency_pct"] = _pct(deposited * 3 * FARADAY_C_PER_MOL, charge)
+    kpis["specific_energy_kWh_per_kg_Tb"] = energy / 3.6e6 / tb_kg if tb_kg > 0 else None
+    kpis["tb_deposited_kg"] = tb_kg
+    kpis["tb_metal_product_kg"] = led.product_out[IDX["Tb"]] * MOLAR_MASS_G_PER_MOL["Tb"] / 1000.0
+    kpis["mass_balance_error"] = plant.mass_balance()
+    return kpis
