@@ -43,7 +43,7 @@ def _switch_lines(ax, events) -> None:
 
 def plot_adsorption(db: Path, config, events, path: Path) -> Path:
     fig, axes = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
-    for name, unit, m in _tags_by_signal(config, r"adsorption\.(col\d+)\.outlet_(Dy|Tb)"):
+    for name, unit, m in _tags_by_signal(config, r"adsorption\.(col\d+)\.outlet\.(Dy|Tb)"):
         t, v = _series(db, name)
         axes[0].plot(t, v, label=f"{m.group(1)} {m.group(2)} ({unit})", lw=1)
     for name, unit, _ in _tags_by_signal(config, r"adsorption\.lag_breakthrough"):

@@ -84,7 +84,10 @@ class TwinPlant:
         """Run the plant for ``dt_s`` plant seconds (CPU-bound)."""
         if dt_s < 0:
             raise ValueError("cannot advance by a negative time")
-        self.env.run(until=self.env.now + dt_s)
+        target = self.env.now + dt_s
+        self.env.run(until=target)
+        while self.env.peek() <= target:  # and everything due at the target time itself
+            self.env.step()
 
     def _physics(self):
         while True:

@@ -79,22 +79,26 @@ class TagLayer:
         self._analysers: dict[str, Sample] = {}
         self.analyser_tags = [n for n, b in bound.items() if b.tag.kind == "analyser"]
 
-    def measure(self, name: str) -> float:
+    def measure(self, name: str) -> tuple[float, Quality]:
+        """Noisy reading, saturated at the instrument's range like a 4-20 mA loop; a true value
+        outside the range reads as the range end with UNCERTAIN quality."""
         b = self.bound[name]
         value = b.scale * b.si() + b.offset
+        quality = Quality.GOOD if b.tag.low <= value <= b.tag.high else Quality.UNCERTAIN
         if b.tag.noise_sd > 0:
             value += self.rng.normal(0.0, b.tag.noise_sd)
-        return float(value)
+        return min(max(float(value), b.tag.low), b.tag.high), quality
 
     def scan(self, t: float) -> None:
         """Refresh every non-analyser tag at plant time ``t`` (after a physics step)."""
         stamp = self.epoch_s + t
         for name, b in self.bound.items():
             if b.tag.kind != "analyser":
-                self._scan[name] = Sample(self.measure(name), stamp)
+                value, quality = self.measure(name)
+                self._scan[name] = Sample(value, stamp, quality)
 
-    def report_analyser(self, name: str, value: float, sample_t: float) -> None:
-        self._analysers[name] = Sample(value, self.epoch_s + sample_t)
+    def report_analyser(self, name: str, reading: tuple[float, Quality], sample_t: float) -> None:
+        self._analysers[name] = Sample(reading[0], self.epoch_s + sample_t, reading[1])
 
     def snapshot(self) -> dict[str, Sample]:
         out = {**self._scan, **self._analysers}

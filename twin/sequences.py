@@ -48,13 +48,14 @@ def carousel(plant: "TwinPlant"):
         roles = _roles(plant)
         if blk.y[i_bt] < plc.u[i_limit] or ROLE_STANDBY not in roles:
             continue
+        breakthrough = blk.y[i_bt]
         new = next_roles(roles)
         for k, (old, role) in enumerate(zip(roles, new), start=1):
             if old != role:
                 _set_role(plant, k, role)
         lead = roles.index(ROLE_LEAD) + 1
         plant.log("adsorption", f"carousel switch: col{lead} off line, col{new.index(ROLE_LEAD) + 1} lead, "
-                                f"col{new.index(ROLE_LAG) + 1} lag (lag outlet C/C0 {blk.y[i_bt]:.3f})")
+                                f"col{new.index(ROLE_LAG) + 1} lag (lag outlet C/C0 {breakthrough:.3f})")
         plant.env.process(_offline(plant, lead, cfg))
 
 
