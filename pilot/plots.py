@@ -21,11 +21,12 @@ from .historian.sqlite import history_path, read_series  # noqa: E402
 
 
 def _tags_by_signal(config, pattern: str) -> list[tuple[str, str, re.Match]]:
+    """Measured tags (sensors, analysers) whose twin signal matches ``pattern``."""
     rx = re.compile(pattern)
     out = []
     for tag in config.tags:
         m = rx.fullmatch(tag.signal)
-        if m:
+        if m and tag.kind in ("sensor", "analyser"):
             out.append((tag.name, tag.unit, m))
     return out
 
@@ -65,19 +66,22 @@ def plot_adsorption(db: Path, config, events, path: Path) -> Path:
 
 
 def plot_profiles(profiles, config, path: Path) -> Path:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=False)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     st = config.extraction.stages
     bounds = [st.extraction + 0.5, st.extraction + st.scrub + 0.5]
-    for t, prof in profiles:
-        n = len(prof["aq.Dy"])
-        k = np.arange(1, n + 1)
+    shades = np.linspace(0.35, 1.0, len(profiles))
+    for (t, prof), shade in zip(profiles, shades):
+        k = np.arange(1, len(prof["aq.Dy"]) + 1)
+        last = shade == shades[-1]
         for ax, phase in zip(axes, ("aq", "org")):
-            ax.semilogy(k, np.maximum(prof[f"{phase}.Dy"], 1e-9), "-", label=f"Dy {t / 3600:.0f} h")
-            ax.semilogy(k, np.maximum(prof[f"{phase}.Tb"], 1e-9), "--", label=f"Tb {t / 3600:.0f} h")
+            ax.semilogy(k, np.maximum(prof[f"{phase}.Dy"], 1e-9), "-", color=plt.cm.Blues(shade),
+                        label=f"Dy {t / 3600:.0f} h" if last or shade == shades[0] else None)
+            ax.semilogy(k, np.maximum(prof[f"{phase}.Tb"], 1e-9), "--", color=plt.cm.Oranges(shade),
+                        label=f"Tb {t / 3600:.0f} h" if last or shade == shades[0] else None)
     for ax, phase in zip(axes, ("aqueous", "organic")):
         for b in bounds:
             ax.axvline(b, color="0.5", lw=0.8)
-        ax.set_title(f"{phase} phase")
+        ax.set_title(f"{phase} phase (darker = later)")
         ax.set_xlabel("stage (extraction | scrub | strip)")
         ax.set_ylabel("mol/m3")
         ax.grid(alpha=0.3, which="both")
