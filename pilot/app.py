@@ -51,6 +51,9 @@ def simulate(
 ) -> RunResult:
     """Run the line standalone for ``until_s`` plant seconds; return the summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    db = history_path(out_dir)
+    for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        stale.unlink(missing_ok=True)  # a run's history is its own: never mixed with an older run
     plant = TwinPlant(config, seed=seed)
     units = {name: plant.unit_of(name) for name in plant.tags.bound}
     sink = SqliteSink(history_path(out_dir))

@@ -26,7 +26,8 @@ with Nd 300, Pr 80, Dy 60, Tb 15, Fe 2000, Al 800, U 5, Th 10 mg/L):
 - Bed Péclet number v·L/D_ax = 80 (packed bed with some wall effect; the upwind grid of 40
   cells has exactly this numerical dispersion, finer grids subtract it, see ``twin.adsorption``).
 - Offline sequence (3.5 h, shorter than a loading cycle, so a column always stands by):
-  wash 30 min at 4 BV/h with 0.01 M acid (2 BV, flushes the feed out of the voids), elute
+  wash 30 min at 4 BV/h with 0.003 M acid (2 BV, pH 2.5: displaces the feed liquor from the
+  voids and the weakly held Nd/Pr/Fe/Al while K(Dy) rises ×37, so the HREE stay put), elute
   120 min at 2 BV/h with 1 M acid (4 BV), regenerate 60 min at 4 BV/h with 0.01 M acid (4 BV,
   brings the bed back to loading acidity).
 - Pressure drop 1.0 kPa per m of bed per m/h (Kozeny–Carman for 0.5 mm beads, ε = 0.4, water
@@ -115,7 +116,8 @@ class CarouselConfig(StrictModel):
     wash_flow_BV_per_h: float = Field(4.0, gt=0, le=50, description="wash flow, bed volumes per hour")
     elute_flow_BV_per_h: float = Field(2.0, gt=0, le=50, description="eluent flow, bed volumes per hour")
     regenerate_flow_BV_per_h: float = Field(4.0, gt=0, le=50, description="regenerant flow, BV/h")
-    wash_acidity_mol_per_L: float = Field(0.01, ge=0, le=1, description="[H+] of the wash (feed acidity)")
+    wash_acidity_mol_per_L: float = Field(
+        0.003, ge=0, le=1, description="[H+] of the wash (pH 2.5 rinse: HREE held tighter than at 0.01 M)")
     eluent_acidity_mol_per_L: float = Field(1.0, ge=0.1, le=6, description="[H+] of the eluent (HCl/H2SO4)")
     regenerant_acidity_mol_per_L: float = Field(
         0.01, ge=0, le=1, description="[H+] of the regenerant (back to loading acidity)")

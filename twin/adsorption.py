@@ -32,6 +32,17 @@ Column k's conservation: d/dt(ε V Σc + ρ_b V Σq) = Q_k (c_in − c_out), exa
 
 Outlets integrate into ``cum_<outlet>_<sp|H>`` (mol) and ``cum_<outlet>_volume`` (m3).
 Pressure drop: Δp = f_dp · κ · u_s · L (linear Darcy / Kozeny–Carman form).
+Faults: ``capacity_factor`` (q_max per column: capacity loss over cycles), ``dispersion_factor``
+(D_ax per column: channeling, an earlier and broader breakthrough), ``dp_factor`` (fouling),
+changed with ``dataclasses.replace``.
+
+Integration: ``preferred_method`` is RODAS3 (``twin.adsorption_solver``) with a structured
+solve of α·I − J (``twin.adsorption_linalg``); ``jacobian`` (analytic, sparse) and
+``jac_sparsity`` serve BDF/Radau if a caller asks for them. The solver takes u and p from the
+latest ``derivatives`` call of the unit (constant over one ``advance``), so one unit instance
+must not be advanced from two threads at once. Recommended block tolerances: rtol 1e-4,
+atol 1e-8 (eluate totals within 1e-4 of a 1e-7 reference; element balances are exact at any
+tolerance because Rosenbrock steps with the exact Jacobian keep linear invariants).
 Sources: /work/shared/design/PROCESS_MODELS.md; Guiochon et al., Fundamentals of Preparative and
 Nonlinear Chromatography (2006) for the lumped model and the numerical-dispersion correction.
 """
@@ -42,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pilot_config.base import HREE, L_PER_H, MOL_PER_L, SPECIES
+from pilot_config.base import HREE, MOL_PER_L, SPECIES
 
 from .adsorption_linalg import BandLayout, CarouselSystem
 from .adsorption_solver import rodas3_for
@@ -246,11 +257,12 @@ class AdsorptionCarousel:
         inflow = r.g @ c_out + r.ext  # mol/s per column
         dx = np.empty_like(x)
         dliq, dsol, dcum = self.split(dx)
-        vv, dd = v[:, None, None], disp[:, None, None] / (dz * dz)
-        face = vv / dz * liq + dd * (liq - np.roll(liq, -1, axis=1))  # flux out through face j+½
-        dliq[:] = -face
-        dliq[:, 1:] += face[:, :-1]
-        dliq[:, -1] += dd[:, 0] * (liq[:, -1] - liq[:, 0])  # no dispersion through the outlet face
+        conv = (v / dz)[:, None, None] * liq  # convective flux out of each cell (/Δz)
+        disp_face = (disp / (dz * dz))[:, None, None] * (liq[:, :-1] - liq[:, 1:])  # interior faces
+        np.negative(conv, out=dliq)
+        dliq[:, 1:] += conv[:, :-1]
+        dliq[:, :-1] -= disp_face
+        dliq[:, 1:] += disp_face
         dliq[:, 0] += inflow / (p.porosity * p.area * dz)
         rate = p.k_ldf * (langmuir(liq[..., :ns], liq[..., ns], qmax, p) - sol)
         dsol[:] = rate
@@ -318,7 +330,8 @@ class AdsorptionCarousel:
         """mol of each species held in all columns (void liquid + adsorbent)."""
         liq, sol, _ = self.split(x)
         cell = p.bed_volume / p.n_cells
-        return cell * (p.porosity * liq[..., : self.ns].sum(axis=(0, 1)) + p.bulk_density * sol.sum(axis=(0, 1)))
+        liquid = liq[..., : self.ns].sum(axis=(0, 1))
+        return cell * (p.porosity * liquid + p.bulk_density * sol.sum(axis=(0, 1)))
 
     def h_inventory(self, x: np.ndarray, p: AdsorptionParams) -> float:
         """mol of free acid (H+) in the void liquid of all columns."""

@@ -65,6 +65,7 @@ class CarouselSystem:
             self._sparse = splu(sp.identity(len(x), format="csc") * alpha - unit.jacobian(0.0, x, u, p))
             return
         self._sparse = None
+        self.identity = bool(np.all(self.perm == np.arange(len(self.perm))))
         dz = p.length / n
         vz, dd = v / dz, disp / (dz * dz)
         faces = np.full(n, 2.0)
@@ -101,13 +102,15 @@ class CarouselSystem:
         b = r_liq.copy()
         b[..., :ns] += self.ratio * self.beta * r_q
         kl = unit._band.kl
-        z_perm, info = dgbtrs(self.lu, kl, kl, b[self.perm].reshape(-1, 1), self.piv)
+        if self.identity:
+            z_perm, _ = dgbtrs(self.lu, kl, kl, b.reshape(-1, 1), self.piv, overwrite_b=1)
+        else:
+            z_perm, _ = dgbtrs(self.lu, kl, kl, b[self.perm].reshape(-1, 1), self.piv, overwrite_b=1)
         z = np.empty_like(rhs)
         z_liq, z_q, z_cum = unit.split(z)
         z_liq[self.perm] = z_perm.reshape(b.shape)
         zc, zh = z_liq[..., :ns], z_liq[..., ns]
-        z_q[:] = (r_q + np.einsum("...ij,...j->...i", self.a_c, zc) + self.a_h * zh[..., None]) \
-            * self.inv
+        z_q[:] = (r_q + (self.a_c @ zc[..., None])[..., 0] + self.a_h * zh[..., None]) * self.inv
         z_cum[:, :-1] = (r_cum[:, :-1] + self.out @ z_liq[:, -1, :]) / self.alpha
         z_cum[:, -1] = r_cum[:, -1] / self.alpha
         return z

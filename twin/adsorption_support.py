@@ -75,7 +75,8 @@ def route(roles: np.ndarray, feed_flow: float, feed: np.ndarray, offline: tuple)
     """
     n, nc = len(roles), len(feed)
     flow, g, ext = np.zeros(n), np.zeros((n, n)), np.zeros((n, nc))
-    out, bypass, bypass_flow = np.zeros((len(OUTLETS), n)), np.zeros((len(OUTLETS), nc)), np.zeros(len(OUTLETS))
+    no = len(OUTLETS)
+    out, bypass, bypass_flow = np.zeros((no, n)), np.zeros((no, nc)), np.zeros(no)
     qf = max(feed_flow, 0.0)
     lead, lag = np.flatnonzero(roles == ROLE_LEAD), np.flatnonzero(roles == ROLE_LAG)
     first = lead if lead.size else lag

@@ -36,6 +36,8 @@ class TankParams:
 class Tank:
     """A buffer tank as a Unit of (t, x, u, p)."""
 
+    preferred_method = "LSODA"  # a small unit: cheap restarts every step
+
     def __init__(self, name: str, species: tuple[str, ...] = SPECIES):
         self.name = name
         self.species = species
