@@ -122,11 +122,15 @@ def print_summary(summary: dict) -> None:
     table.add_column("value", justify="right")
     for key, value in summary["kpis"].items():
         if isinstance(value, dict):
-            value = ", ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
-        elif isinstance(value, float):
-            value = f"{value:.6g}"
-        table.add_row(key, str(value))
+            value = ", ".join(f"{k} {_num(v)}" for k, v in value.items())
+        table.add_row(key, _num(value))
     out.print(table)
+
+
+def _num(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.1e}" if v != 0 and abs(v) < 1e-3 else f"{v:.6g}"
+    return "n/a" if v is None else str(v)
 
 
 @app.command()

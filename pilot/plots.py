@@ -46,7 +46,9 @@ def plot_adsorption(db: Path, config, events, path: Path) -> Path:
     fig, axes = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
     for name, unit, m in _tags_by_signal(config, r"adsorption\.(col\d+)\.outlet\.(Dy|Tb)"):
         t, v = _series(db, name)
-        axes[0].plot(t, v, label=f"{m.group(1)} {m.group(2)} ({unit})", lw=1)
+        axes[0].semilogy(t, np.maximum(v, 1e-2), label=f"{m.group(1)} {m.group(2)} ({unit})", lw=1)
+    axes[0].set_ylim(bottom=1e-2)
+    axes[0].set_ylabel("outlet (log): fronts and elution peaks")
     for name, unit, _ in _tags_by_signal(config, r"adsorption\.lag_breakthrough"):
         t, v = _series(db, name)
         axes[1].plot(t, v, color="C3", label=f"lag outlet Dy+Tb, C/C0 ({unit})")
