@@ -116,3 +116,19 @@ def test_history_reads_back_a_tag(short_run):
 def test_history_unknown_tag(short_run):
     out, _ = short_run
     assert_clean_failure(run("history", str(out), "--tag", "CELL1.VOLTAG"), "unknown tag", "CELL1.VOLTAGE")
+
+
+def test_speed_paces_the_run_and_rerun_replaces_history(tmp_path):
+    out = tmp_path / "paced"
+    for _ in range(2):  # the second run into the same folder must not mix with the first
+        res = run("simulate", "--until", "3min", "--speed", "60", "--out", str(out), "--quiet", "--no-plots")
+        assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["wall_time_s"] >= 2.9  # 180 plant-s at 60x real time
+    assert summary["realtime_factor"] <= 61.0
+    rows = run("history", str(out), "--tag", "CELL1.TEMP", "--csv").stdout.strip().splitlines()
+    assert len(rows) - 1 == 4  # t = 0, 1, 2, 3 min: one run's worth
+
+
+def test_bad_speed_is_refused():
+    assert_clean_failure(run("simulate", "--until", "1h", "--speed", "-2"), "--speed")
