@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from .base import SPECIES, StrictModel
+from .base import StrictModel, check_every_species
 
 
 class IsothermParams(StrictModel):
@@ -90,13 +90,7 @@ class ColumnConfig(StrictModel):
     @field_validator("isotherms")
     @classmethod
     def _every_species(cls, v: dict) -> dict:
-        unknown = sorted(set(v) - set(SPECIES))
-        missing = [s for s in SPECIES if s not in v]
-        if unknown:
-            raise ValueError(f"unknown species {unknown} in isotherms; allowed: {list(SPECIES)}")
-        if missing:
-            raise ValueError(f"isotherms needs parameters for every species; missing {missing}")
-        return v
+        return check_every_species(v, "isotherms")
 
     @property
     def bed_volume_L(self) -> float:

@@ -54,3 +54,14 @@ class StrictModel(BaseModel):
     """Base of every config model: unknown keys are errors, instances are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def check_every_species(value: dict, what: str) -> dict:
+    """A per-species mapping must name every species of ``SPECIES`` and nothing else."""
+    unknown = sorted(set(value) - set(SPECIES))
+    missing = [s for s in SPECIES if s not in value]
+    if unknown:
+        raise ValueError(f"unknown species {unknown} in {what}; allowed: {list(SPECIES)}")
+    if missing:
+        raise ValueError(f"{what} needs every species; missing {missing}")
+    return value

@@ -30,7 +30,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import SPECIES, StrictModel
+from .base import StrictModel, check_every_species
 
 
 class ConstantD(StrictModel):
@@ -103,13 +103,7 @@ class CascadeConfig(StrictModel):
     @field_validator("distribution")
     @classmethod
     def _every_species(cls, v: dict) -> dict:
-        unknown = sorted(set(v) - set(SPECIES))
-        missing = [s for s in SPECIES if s not in v]
-        if unknown:
-            raise ValueError(f"unknown species {unknown} in distribution; allowed: {list(SPECIES)}")
-        if missing:
-            raise ValueError(f"distribution needs a model for every species; missing {missing}")
-        return v
+        return check_every_species(v, "distribution")
 
     @property
     def factor(self) -> float:

@@ -8,19 +8,14 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from .adsorption import CarouselConfig
-from .base import SPECIES, StrictModel
+from .base import StrictModel, check_every_species
 from .electrolysis import CellConfig, DistillationConfig
 from .extraction import CascadeConfig
 from .tags import Tag
 
 
 def _check_species_map(value: dict[str, float], what: str) -> dict[str, float]:
-    unknown = sorted(set(value) - set(SPECIES))
-    missing = [s for s in SPECIES if s not in value]
-    if unknown:
-        raise ValueError(f"unknown species {unknown} in {what}; allowed: {list(SPECIES)}")
-    if missing:
-        raise ValueError(f"{what} needs every species; missing {missing}")
+    check_every_species(value, what)
     negative = [k for k, v in value.items() if v < 0]
     if negative:
         raise ValueError(f"concentrations must be >= 0; negative for {negative}")

@@ -14,9 +14,19 @@ from scipy.optimize import curve_fit
 
 from pilot_config.adsorption import CarouselConfig, IsothermParams
 from pilot_config.base import HREE, L_PER_H, REJECTED, SPECIES, mg_per_L_to_mol_per_m3
-from twin.adsorption import (ROLE_ELUTE, ROLE_LAG, ROLE_LEAD, ROLE_REGENERATE, ROLE_STANDBY,
-                             ROLE_WASH, AdsorptionCarousel, next_phase, next_roles,
-                             offline_phases, params_from_config)
+from twin.adsorption import (
+    ROLE_ELUTE,
+    ROLE_LAG,
+    ROLE_LEAD,
+    ROLE_REGENERATE,
+    ROLE_STANDBY,
+    ROLE_WASH,
+    AdsorptionCarousel,
+    next_phase,
+    next_roles,
+    offline_phases,
+    params_from_config,
+)
 from twin.adsorption_support import OUTLETS, langmuir
 from twin.integrate import advance
 from twin.unit import Unit, named

@@ -11,7 +11,13 @@ from pydantic import ValidationError
 
 from pilot_config.base import FARADAY_C_PER_MOL, MOLAR_MASS_G_PER_MOL, SPECIES
 from pilot_config.electrolysis import CellConfig
-from twin.electrolysis import ElectrolysisCell, add_salt, params_from_config, tap, tbcl3_kg_to_tb_mol
+from twin.electrolysis import (
+    ElectrolysisCell,
+    add_salt,
+    params_from_config,
+    tap,
+    tbcl3_kg_to_tb_mol,
+)
 from twin.integrate import advance
 from twin.unit import Unit, index_map, named
 

@@ -57,8 +57,18 @@ from pilot_config.base import HREE, MOL_PER_L, SPECIES
 
 from .adsorption_linalg import BandLayout, CarouselSystem
 from .adsorption_solver import rodas3_for
-from .adsorption_support import (OUTLETS, ROLE_ELUTE, ROLE_LAG, ROLE_LEAD, ROLE_REGENERATE,
-                                 ROLE_STANDBY, ROLE_WASH, JacobianPattern, langmuir, route)
+from .adsorption_support import (
+    OUTLETS,
+    ROLE_ELUTE,
+    ROLE_LAG,
+    ROLE_LEAD,
+    ROLE_REGENERATE,
+    ROLE_STANDBY,
+    ROLE_WASH,
+    JacobianPattern,
+    langmuir,
+    route,
+)
 from .unit import index_map
 
 __all__ = ["OUTLETS", "ROLE_ELUTE", "ROLE_LAG", "ROLE_LEAD", "ROLE_REGENERATE", "ROLE_STANDBY",

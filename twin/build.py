@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pilot_config.base import L_PER_H, MOL_PER_L, MOLAR_MASS_G_PER_MOL, SPECIES, mg_per_L_to_mol_per_m3
+from pilot_config.base import (
+    L_PER_H,
+    MOL_PER_L,
+    MOLAR_MASS_G_PER_MOL,
+    SPECIES,
+    mg_per_L_to_mol_per_m3,
+)
 from pilot_config.loader import ConfigError, ConfigIssue
 
 from . import adsorption as ads

@@ -31,7 +31,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pilot_config.base import GAS_CONSTANT_J_PER_MOL_K, MOLAR_MASS_G_PER_MOL, SPECIES, ZERO_CELSIUS_K
+from pilot_config.base import (
+    GAS_CONSTANT_J_PER_MOL_K,
+    MOLAR_MASS_G_PER_MOL,
+    SPECIES,
+    ZERO_CELSIUS_K,
+)
 
 R_GAS = GAS_CONSTANT_J_PER_MOL_K
 M_TB = MOLAR_MASS_G_PER_MOL["Tb"] / 1000.0

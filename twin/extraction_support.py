@@ -22,6 +22,7 @@ import scipy.sparse as sps
 from scipy.integrate import solve_ivp
 from scipy.sparse.linalg import spsolve
 
+
 class SteadyStateError(RuntimeError):
     pass
 
@@ -113,7 +114,7 @@ def _mixer_blocks(c, x, u, p, qa, qo) -> np.ndarray:
 def analytic_jacobian(c, x, u, p) -> sps.csc_matrix:
     rows, cols, sl = _structure(c)
     qf, qo, qs, qst, qa = c.flows(u)
-    nc, ns, n = c.nc, c.nc - 1, c.n
+    nc, ns = c.nc, c.nc - 1
     data = np.empty(rows.size)
     blk = _mixer_blocks(c, x, u, p, qa, qo)
     data[: blk.size] = blk.ravel()

@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .adsorption import ROLE_ELUTE, ROLE_LAG, ROLE_LEAD, ROLE_REGENERATE, ROLE_STANDBY, ROLE_WASH, next_roles, offline_phases
+from .adsorption import (
+    ROLE_ELUTE,
+    ROLE_LAG,
+    ROLE_LEAD,
+    ROLE_REGENERATE,
+    ROLE_STANDBY,
+    ROLE_WASH,
+    next_roles,
+    offline_phases,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .plant import TwinPlant
@@ -98,7 +107,15 @@ def cell_supervisor(plant: "TwinPlant", name: str):
 
 
 def distillation_batches(plant: "TwinPlant"):
-    from .distillation import PHASE_COOL, PHASE_HEAT, PHASE_HOLD, PHASE_IDLE, charge, discharge, phase_complete
+    from .distillation import (
+        PHASE_COOL,
+        PHASE_HEAT,
+        PHASE_HOLD,
+        PHASE_IDLE,
+        charge,
+        discharge,
+        phase_complete,
+    )
 
     name = plant.line.distillation
     blk = plant.flowsheet.blocks[name]
