@@ -1,0 +1,289 @@
+"""The simulated PLC: an asyncua server that serves the config's tags from a plant object
+(``snapshot()``, ``write()``, ``unit_of()``, ``t``, ``advance()``; the TwinPlant in production).
+
+Scan: the plant advances in real time × ``speed`` on its synchronisation grid (``advance`` runs
+in a worker thread, a few grid steps at a time, under a lock that writes also take, so a write
+never lands in the middle of a physics step); after each advance every changed tag is pushed
+with its SourceTimestamp = ``epoch_s + sample.source_time`` (the plant clock). Quality maps to
+StatusCode: GOOD -> Good, UNCERTAIN -> UncertainEngineeringUnitsExceeded, BAD -> BadSensorFailure
+(value Null, as OPC UA requires for a Bad value).
+
+Writes (every item, in request order, nothing applied for a refused item):
+- not a tag or diagnostic of ours: asyncua's own rules;
+- read-only tag: BadNotWritable; session role below the tag's role (anonymous is below all):
+  BadUserAccessDenied; wrong variant type: BadTypeMismatch; outside [low, high] or not finite:
+  BadOutOfRange; otherwise written to the plant (the plant may still refuse) and echoed in the
+  address space at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from asyncua import Server, ua
+from asyncua.crypto.permission_rules import User, UserRole
+
+from pilot_config.tags import Tag
+from twin.signals import Quality
+
+from .address_space import (
+    UTC,
+    FastWriter,
+    build_address_space,
+    install_fast_monitored_items,
+)
+from .security import (
+    Pki,
+    ReadForAllRuleset,
+    RoleUserManager,
+    TrustList,
+    UserDirectory,
+    certificate_uri,
+)
+from .tagmap import Role, TagMap, from_variant_value
+
+log = logging.getLogger(__name__)
+
+QUALITY_STATUS = {
+    Quality.GOOD: ua.StatusCodes.Good,
+    Quality.UNCERTAIN: ua.StatusCodes.UncertainEngineeringUnitsExceeded,
+    Quality.BAD: ua.StatusCodes.BadSensorFailure,
+}
+_ADMIN = User(role=UserRole.Admin)
+_POLICIES = {
+    "None": ua.SecurityPolicyType.NoSecurity,
+    "Sign": ua.SecurityPolicyType.Basic256Sha256_Sign,
+    "SignAndEncrypt": ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+}
+
+
+@dataclass
+class ServerSecurity:
+    """Which endpoints to open and who may log in. Secure endpoints need ``pki``."""
+
+    modes: tuple[str, ...] = ("None",)
+    pki: Pki | None = None
+    users: UserDirectory = field(default_factory=UserDirectory)
+    allow_anonymous: bool = True
+
+
+def _status(sc: int) -> ua.StatusCode:
+    return ua.StatusCode(sc)
+
+
+class PlcServer:
+    """One simulated PLC serving ``tags`` from ``plant`` at ``endpoint``."""
+
+    def __init__(self, tags: Iterable[Tag], namespace_uri: str, plant, endpoint: str, *,
+                 security: ServerSecurity | None = None, epoch_s: float = 0.0,
+                 name: str = "pilot-line simulated PLC", watchdog_s: float = 10.0, fast_path: bool = True):
+        self.tagmap = TagMap(tags, namespace_uri)
+        self.plant = plant
+        self.endpoint = endpoint
+        self.security = security or ServerSecurity()
+        self.epoch_s = epoch_s
+        self.name = name
+        self.watchdog_s = watchdog_s
+        self.lock = asyncio.Lock()
+        self.server = Server(user_manager=RoleUserManager(self.security.users))
+        self.ns = 0
+        self.writer: FastWriter | None = None
+        self.heartbeat = 0
+        self._watchdog_changed = time.monotonic()
+        self._watchdog_value = 0
+        self.writes_refused = 0
+        self.fast_path = fast_path  # False: stock asyncua value path (benchmarks only)
+
+    # -- life cycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.fast_path:
+            install_fast_monitored_items()
+        srv = self.server
+        await srv.init()
+        srv.set_endpoint(self.endpoint)
+        srv.set_server_name(self.name)
+        await self._setup_security()
+        self.ns = await srv.register_namespace(self.tagmap.namespace_uri)
+        snap = self.plant.snapshot()
+        initial = {}
+        for e in self.tagmap:
+            s = snap.get(e.name)
+            initial[e.name] = ((e.variant(s.value).Value, self._stamp(s.source_time)) if s is not None
+                               else (e.variant(0.0).Value, self._stamp(self.plant.t)))
+        build_address_space(srv, self.ns, self.tagmap, self.plant.unit_of, initial)
+        self.writer = FastWriter(srv, stock=not self.fast_path)
+        self._original_write = srv.iserver.attribute_service.write
+        srv.iserver.attribute_service.write = self._write
+        await srv.start()
+        await self.publish(force=True)
+        log.info("simulated PLC serving %d tags at %s (namespace %s, security %s)", len(self.tagmap),
+                 self.endpoint, self.tagmap.namespace_uri, ",".join(self.security.modes))
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    async def _setup_security(self) -> None:
+        sec, srv = self.security, self.server
+        unknown = [m for m in sec.modes if m not in _POLICIES]
+        if unknown:
+            raise ValueError(f"unknown security mode(s) {unknown}: use {sorted(_POLICIES)}")
+        if any(m != "None" for m in sec.modes):
+            if sec.pki is None:
+                raise ValueError("Sign / SignAndEncrypt endpoints need a PKI folder (pilot opcua certs)")
+            sec.pki.check()
+            await srv.set_application_uri(certificate_uri(sec.pki.cert))
+            await srv.load_certificate(str(sec.pki.cert))
+            await srv.load_private_key(str(sec.pki.key))
+            srv.set_certificate_validator(TrustList(sec.pki, "client"))
+        srv.set_security_policy([_POLICIES[m] for m in sec.modes], permission_ruleset=ReadForAllRuleset())
+        tokens = [ua.UserNameIdentityToken] + ([ua.AnonymousIdentityToken] if sec.allow_anonymous else [])
+        srv.set_identity_tokens(tokens)
+
+    # -- scan ----------------------------------------------------------------------------
+    def _stamp(self, source_time: float) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.epoch_s + source_time, UTC)
+
+    async def publish(self, force: bool = False) -> int:
+        """Push every changed tag from the plant's snapshot; returns how many were pushed."""
+        snap = self.plant.snapshot()
+        pushed = 0
+        for e in self.tagmap:
+            s = snap.get(e.name)
+            if s is None:  # an analyser before its first report
+                pushed += await self.writer.push(e.node_id(self.ns), ua.Variant(None, ua.VariantType.Null),
+                                                 ua.StatusCodes.BadWaitingForInitialData,
+                                                 self._stamp(self.plant.t), force)
+                continue
+            variant = e.variant(s.value) if math.isfinite(s.value) else ua.Variant(None, ua.VariantType.Null)
+            status = QUALITY_STATUS[s.quality] if math.isfinite(s.value) else ua.StatusCodes.BadSensorFailure
+            pushed += await self.writer.push(e.node_id(self.ns), variant, status, self._stamp(s.source_time), force)
+        await self._diag("PlantTime", ua.Variant(float(self.plant.t), ua.VariantType.Double))
+        return pushed
+
+    async def _diag(self, name: str, variant: ua.Variant) -> None:
+        await self.writer.push(ua.NodeId(f"Diagnostics.{name}", self.ns), variant, ua.StatusCodes.Good,
+                               dt.datetime.now(UTC))
+
+    async def beat(self) -> None:
+        """One heartbeat (call every wall-clock second) and the client watchdog check."""
+        self.heartbeat = (self.heartbeat + 1) % 2**32
+        await self._diag("Heartbeat", ua.Variant(self.heartbeat, ua.VariantType.UInt32))
+        expired = self._watchdog_value != 0 and time.monotonic() - self._watchdog_changed > self.watchdog_s
+        await self._diag("WatchdogExpired", ua.Variant(expired, ua.VariantType.Boolean))
+
+    async def advance(self, dt_s: float) -> None:
+        async with self.lock:
+            await asyncio.to_thread(self.plant.advance, dt_s)
+        await self.publish()
+
+    async def run(self, speed: float = 1.0, stop: asyncio.Event | None = None, max_chunk_steps: int = 5) -> None:
+        """Advance the plant in real time × ``speed`` until ``stop`` is set (or forever)."""
+        if not speed > 0:
+            raise ValueError("speed must be > 0")
+        stop = stop or asyncio.Event()
+        step = float(getattr(self.plant, "dt", 1.0))
+        t0_wall, t0_plant = time.monotonic(), self.plant.t
+        next_beat, lagging = t0_wall, False
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= next_beat:
+                await self.beat()
+                next_beat += 1.0
+            target = t0_plant + (now - t0_wall) * speed
+            steps = int(math.floor((target - self.plant.t) / step + 1e-9))
+            if steps > 0:
+                await self.advance(min(steps, max_chunk_steps) * step)
+                if steps > 4 * max_chunk_steps and not lagging:
+                    lagging = True
+                    log.warning("the twin cannot keep up with speed %.1f: plant time is falling behind", speed)
+                continue
+            wake = min(next_beat, t0_wall + (self.plant.t + step - t0_plant) / speed)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, min(wake - time.monotonic(), 0.5)))
+            except TimeoutError:
+                pass
+
+    # -- writes --------------------------------------------------------------------------
+    def _role(self, user: User) -> Role:
+        if user.role == UserRole.Admin:
+            return Role.ENGINEER
+        if user.role == UserRole.Anonymous or user.name is None:
+            return Role.ANONYMOUS
+        return self.security.users.role_of(user.name)
+
+    async def _write(self, params: ua.WriteParameters, user: User = _ADMIN) -> list[ua.StatusCode]:
+        results: list[ua.StatusCode | None] = [None] * len(params.NodesToWrite)
+        others, plant_values, plant_index = [], {}, {}
+        role = self._role(user)
+        for i, wv in enumerate(params.NodesToWrite):
+            nid = wv.NodeId
+            if nid.NamespaceIndex != self.ns or not isinstance(nid.Identifier, str):
+                others.append(i)
+                continue
+            if nid.Identifier == "Diagnostics.ClientWatchdog" and wv.AttributeId == ua.AttributeIds.Value:
+                results[i] = await self._write_watchdog(wv, role)
+                continue
+            entry = self.tagmap.by_identifier.get(nid.Identifier)
+            if entry is None or wv.AttributeId != ua.AttributeIds.Value:
+                others.append(i)
+                continue
+            verdict = self._check(entry, wv, role)
+            if verdict is not None:
+                results[i] = _status(verdict)
+                self.writes_refused += 1
+                log.info("refused write of %s by %s: %s", entry.name, user.name or "anonymous",
+                         ua.StatusCode(verdict).name)
+                continue
+            plant_values[entry.name] = from_variant_value(wv.Value.Value.Value)
+            plant_index[entry.name] = i
+        if plant_values:
+            await self._apply(plant_values, plant_index, results)
+        if others:
+            sub = ua.WriteParameters(NodesToWrite=[params.NodesToWrite[i] for i in others])
+            for i, r in zip(others, await self._original_write(sub, user=user)):
+                results[i] = r
+        return results  # type: ignore[return-value]
+
+    def _check(self, entry, wv: ua.WriteValue, role: Role) -> int | None:
+        if entry.role is None:
+            return ua.StatusCodes.BadNotWritable
+        if role < entry.role:
+            return ua.StatusCodes.BadUserAccessDenied
+        if wv.IndexRange:
+            return ua.StatusCodes.BadIndexRangeInvalid
+        variant = wv.Value.Value if wv.Value is not None else None
+        if variant is None or variant.Value is None or variant.VariantType != entry.vtype:
+            return ua.StatusCodes.BadTypeMismatch
+        value = from_variant_value(variant.Value)
+        if not math.isfinite(value) or not (entry.tag.low <= value <= entry.tag.high):
+            return ua.StatusCodes.BadOutOfRange
+        return None
+
+    async def _apply(self, values: dict[str, float], index: dict[str, int], results: list) -> None:
+        async with self.lock:
+            outcome = self.plant.write(values)
+        for name, reason in outcome.refused.items():
+            code = ua.StatusCodes.BadOutOfRange if "range" in reason else ua.StatusCodes.BadNotWritable
+            results[index[name]] = _status(code)
+        now = self._stamp(self.plant.t)
+        for name in outcome.accepted:
+            e = self.tagmap[name]
+            await self.writer.push(e.node_id(self.ns), e.variant(values[name]), ua.StatusCodes.Good, now)
+            results[index[name]] = _status(ua.StatusCodes.Good)
+
+    async def _write_watchdog(self, wv: ua.WriteValue, role: Role) -> ua.StatusCode:
+        if role < Role.OPERATOR:
+            return _status(ua.StatusCodes.BadUserAccessDenied)
+        variant = wv.Value.Value if wv.Value is not None else None
+        if variant is None or variant.VariantType != ua.VariantType.UInt32:
+            return _status(ua.StatusCodes.BadTypeMismatch)
+        if variant.Value != self._watchdog_value:
+            self._watchdog_value, self._watchdog_changed = variant.Value, time.monotonic()
+        await self._diag("ClientWatchdog", variant)
+        return _status(ua.StatusCodes.Good)
