@@ -1,0 +1,132 @@
+"""``pilot historian ...``: Grafana provisioning, historian status, spool replay, demo feed.
+
+Mounted by the main CLI as ``app.add_typer(historian_app, name="historian")``. Everything about
+the database comes from the environment (``pilot.historian.settings``). Bad input ends with one
+red line and exit code 2; an unreachable database with exit code 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+err = Console(stderr=True)
+out = Console()
+historian_app = typer.Typer(help="Historian (InfluxDB / embedded store) and Grafana provisioning.",
+                            no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="plant YAML (default: the shipped line)")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _config(path: Path | None):
+    from pilot_config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except (ConfigError, OSError) as exc:
+        _fail(str(exc))
+
+
+def _settings():
+    from pilot.historian.settings import HistorianSettings
+
+    try:
+        return HistorianSettings.from_env()
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+@historian_app.command("grafana")
+def grafana_cmd(out_dir: Annotated[Path, typer.Option("--out", help="folder to write")] = Path("deploy/grafana"),
+                config: ConfigOpt = None) -> None:
+    """Write the Grafana provisioning (data source, dashboard provider) and the dashboards."""
+    from pilot.dashboards import write_provisioning
+
+    for path in write_provisioning(out_dir, _config(config)):
+        out.print(str(path), highlight=False)
+
+
+@historian_app.command("status")
+def status_cmd() -> None:
+    """Where points go (from the environment), whether the database answers, what the spool holds."""
+    from pilot.historian.spool import Spool
+
+    s = _settings()
+    if not s.uses_influx:
+        out.print("historian: embedded SQLite store in each run folder (PILOT_INFLUX_URL not set)")
+        return
+    target = f"bucket {s.bucket} (org {s.org})" if s.version == 2 else f"database {s.database}"
+    out.print(f"historian: InfluxDB {s.version}.x at {s.influx_url}, {target}, precision {s.precision}")
+    if s.spool_path.exists():
+        sp = Spool(s.spool_path, int(s.spool_max_mb * 2**20))
+        out.print(f"spool {s.spool_path}: {sp.pending_points} points in {sp.pending_batches} batches "
+                  f"({sp.bytes / 2**20:.1f} of {s.spool_max_mb:.0f} MiB), {sp.rejected_points()} refused")
+        sp.close()
+    else:
+        out.print(f"spool {s.spool_path}: empty (no file)")
+    ok = _ping(s)
+    out.print("database: " + ("[green]answering[/]" if ok else "[red]not answering[/]"))
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _ping(s) -> bool:
+    from pilot.historian.influx1 import HttpEndpoint
+
+    try:
+        status, _ = HttpEndpoint(s.influx_url, 5.0).request("GET", "/ping")
+    except OSError:
+        return False
+    return status in (200, 204)
+
+
+@historian_app.command("replay")
+def replay_cmd(timeout_s: Annotated[float, typer.Option("--timeout", help="give up after (s)")] = 300.0) -> None:
+    """Write the spooled points to the database now (the bridge also does it by itself)."""
+    from pilot.historian.settings import make_recorder
+
+    s = _settings()
+    if not s.uses_influx:
+        _fail("PILOT_INFLUX_URL is not set: nothing is spooled for the embedded store")
+    rec = make_recorder(s).start()
+    waiting = rec.spool.pending_points
+    ok = rec.drain(timeout_s)
+    left = rec.spool.pending_points
+    rec.close()
+    out.print(f"replayed {rec.stats.replayed} of {waiting} points; {left} left")
+    if not ok:
+        raise typer.Exit(1)
+
+
+@historian_app.command("feed")
+def feed_cmd(hours: Annotated[float, typer.Option(help="plant hours to simulate", min=0.01, max=720)] = 6.0,
+             run_dir: Annotated[Path, typer.Option("--dir", help="embedded store folder (no InfluxDB)")] = Path("runs/feed"),
+             config: ConfigOpt = None) -> None:
+    """Write a simulated run (all five measurements, ending now) to the configured historian: a
+    quick way to fill the Grafana dashboards."""
+    from pilot.historian.feed import simulated_run
+    from pilot.historian.settings import make_recorder
+
+    logging.basicConfig(level=logging.WARNING)
+    s = _settings()
+    rec = make_recorder(s, run_dir).start()
+    n = 0
+    for points in simulated_run(_config(config), hours * 3600, epoch_s=time.time() - hours * 3600):
+        rec.record_many(points)
+        n += len(points)
+    ok = rec.drain(120)
+    rec.close()
+    where = s.influx_url or str(run_dir)
+    out.print(f"{n} points recorded to {where}: {rec.stats.written} written, {rec.stats.spooled} spooled")
+    if not ok:
+        raise typer.Exit(1)

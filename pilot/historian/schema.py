@@ -1,0 +1,107 @@
+"""What the historian writes: measurements, tag naming, and the builders the control loop calls.
+
+Every point: measurement (one of ``base.MEASUREMENTS``), tags ``unit`` (plant unit: adsorption,
+eluate_tank, extraction, cell1, ..., ``mpc``, ``line``), ``tag`` (name below), ``quality``
+(good / uncertain / bad) and, in training sessions only, ``session``; one float field ``value``;
+the source timestamp (seconds -> integer at the configured precision).
+
+| measurement | ``tag`` | value |
+|---|---|---|
+| ``process``  | PLC tag name, e.g. ``CELL1.VOLTAGE`` | engineering units of the tag |
+| ``estimate`` | ``<TAG>.EST`` estimate of a measured tag, ``<TAG>.INNOV`` innovation (measured - predicted), ``<TAG>.NIS`` normalised innovation squared, ``<state>.EST`` derived quantities | eng. units / 1 |
+| ``decision`` | ``<SP_TAG>.PROPOSED`` (MPC), ``<SP_TAG>.APPLIED`` (after the guard), ``MPC.<unit>.SOLVE_MS``, ``MPC.<unit>.HELD`` (1: held this tick), ``MPC.<unit>.COST`` | eng. units, ms, 1 |
+| ``alarm``    | alarm name, e.g. ``CELL1.TEMP.HI`` | 1 raised, 0 cleared (one point per transition) |
+| ``kpi``      | KPI name, e.g. ``KPI.TB_RECOVERY`` | as named (%, kg/h, kWh/kg) |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .base import MEASUREMENTS, Point
+
+FIELD = "value"
+QUALITY_NAMES = {0: "bad", 1: "uncertain", 2: "good"}
+
+EST, INNOV, NIS = ".EST", ".INNOV", ".NIS"
+PROPOSED, APPLIED = ".PROPOSED", ".APPLIED"
+
+
+def mpc_tag(unit: str, what: str) -> str:
+    """``MPC.<unit>.<WHAT>`` with WHAT in SOLVE_MS, HELD, COST."""
+    return f"MPC.{unit}.{what}"
+
+
+def process_points(snapshot: Mapping, units: Mapping[str, str], session: str = "") -> list[Point]:
+    """A PLC snapshot (name -> Sample) as ``process`` points stamped with each sample's source time."""
+    return [Point("process", name, units.get(name, ""), float(s.value), float(s.source_time),
+                  QUALITY_NAMES[int(s.quality)], session) for name, s in snapshot.items()]
+
+
+class FreshSamples:
+    """Keeps only samples newer than the last one recorded per tag (an analyser repeats its last
+    assay until the next one: recording it again would be the same point, same series and time)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def __call__(self, snapshot: Mapping) -> dict:
+        last = self._last
+        out = {}
+        for name, s in snapshot.items():
+            if last.get(name) != s.source_time:
+                last[name] = s.source_time
+                out[name] = s
+        return out
+
+
+def estimate_points(unit: str, t: float, published: Mapping[str, float],
+                    innovations: Mapping[str, float] = {}, nis: Mapping[str, float] = {},
+                    session: str = "") -> list[Point]:
+    """Estimator output of one tick: ``published`` maps '<TAG>.EST' (or '<name>.EST') to a value;
+    innovations and NIS are keyed by the measured tag name."""
+    pts = [Point("estimate", name if name.endswith(EST) else name + EST, unit, float(v), t, "good", session)
+           for name, v in published.items()]
+    pts += [Point("estimate", tag + INNOV, unit, float(v), t, "good", session) for tag, v in innovations.items()]
+    pts += [Point("estimate", tag + NIS, unit, float(v), t, "good", session) for tag, v in nis.items()]
+    return pts
+
+
+def decision_points(unit: str, t: float, proposed: Mapping[str, float], applied: Mapping[str, float],
+                    solve_time_s: float, held: bool, cost: float | None = None,
+                    session: str = "") -> list[Point]:
+    """One MPC tick: proposed and applied setpoints (by setpoint tag), solve time, held flag, cost."""
+    pts = [Point("decision", tag + PROPOSED, unit, float(v), t, "good", session) for tag, v in proposed.items()]
+    pts += [Point("decision", tag + APPLIED, unit, float(v), t, "good", session) for tag, v in applied.items()]
+    pts.append(Point("decision", mpc_tag(unit, "SOLVE_MS"), unit, 1e3 * solve_time_s, t, "good", session))
+    pts.append(Point("decision", mpc_tag(unit, "HELD"), unit, 1.0 if held else 0.0, t, "good", session))
+    if cost is not None:
+        pts.append(Point("decision", mpc_tag(unit, "COST"), unit, float(cost), t, "good", session))
+    return pts
+
+
+def alarm_point(name: str, unit: str, active: bool, t: float, session: str = "") -> Point:
+    """One alarm transition: 1 when raised, 0 when cleared."""
+    return Point("alarm", name, unit, 1.0 if active else 0.0, t, "good", session)
+
+
+def kpi_points(t: float, kpis: Mapping[str, float], unit: str = "line", session: str = "") -> list[Point]:
+    """KPIs as ``KPI.<NAME>`` (upper-cased) points."""
+    out = []
+    for name, v in kpis.items():
+        tag = name if name.startswith("KPI.") else "KPI." + name.upper()
+        out.append(Point("kpi", tag, unit, float(v), t, "good", session))
+    return out
+
+
+__all__ = [
+    "FIELD",
+    "MEASUREMENTS",
+    "FreshSamples",
+    "alarm_point",
+    "decision_points",
+    "estimate_points",
+    "kpi_points",
+    "mpc_tag",
+    "process_points",
+]

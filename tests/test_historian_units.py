@@ -1,0 +1,194 @@
+"""Historian parts without a database server: line protocol, spool, recorder, annotations, settings."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import pytest
+
+from pilot.historian.annotations import ALARM_TAG, GrafanaAnnotations
+from pilot.historian.base import Point
+from pilot.historian.influx1 import Influx1Sink
+from pilot.historian.lineproto import Encoder, series_key
+from pilot.historian.recorder import MemorySpool, Recorder
+from pilot.historian.schema import (
+    FreshSamples,
+    alarm_point,
+    decision_points,
+    estimate_points,
+)
+from pilot.historian.settings import HistorianSettings, make_sink
+from pilot.historian.spool import Spool
+from pilot.historian.sqlite import SqliteSink, read_series
+from twin.signals import Quality, Sample
+
+
+def pts(n, t0=0.0, tag="T"):
+    return [Point("process", tag, "u", 0.1 * i, t0 + i) for i in range(n)]
+
+
+# -- line protocol -----------------------------------------------------------------------------
+def test_line_protocol_escaping_precision_and_exact_floats():
+    p = Point("process", "A B,C=D", "cell 1", 0.1 + 0.2, 1.0005, "uncertain", "train 7")
+    assert series_key(p) == r"process,quality=uncertain,session=train\ 7,tag=A\ B\,C\=D,unit=cell\ 1"
+    # 1.0005 s * 1000 = 1000.5 exactly in binary: Python's round() goes to even
+    assert Encoder("ms").encode([p]) == (series_key(p) + " value=0.30000000000000004 1000").encode()
+    assert Encoder("ms").lines([Point("m", "t", "u", 1.0, 2.0015)])[0].endswith(" 2002")
+    assert Encoder("s").lines([Point("m", "t", "u", 2.0, 1.6e9 + 0.4)])[0].endswith(" value=2.0 1600000000")
+    assert Encoder("ns").lines([Point("m", "t", "u", 1e-300, 1.5)])[0].endswith(" value=1e-300 1500000000")
+    assert Encoder("us").lines([Point("m", "t", "", -3, 2.0)]) == ["m,quality=good,tag=t value=-3.0 2000000"]
+    with pytest.raises(ValueError):
+        Encoder("h")
+
+
+def test_non_finite_values_are_skipped_and_counted():
+    enc = Encoder()
+    lines = enc.lines([Point("m", "t", "u", v, 1.0) for v in (1.0, float("nan"), float("inf"), -float("inf"))])
+    assert len(lines) == 1 and enc.skipped == 3
+
+
+def test_point_builders_follow_the_schema():
+    est = estimate_points("extraction", 5.0, {"SX.RAFF.Tb.EST": 1.0}, {"SX.RAFF.Tb": 0.5}, {"SX.RAFF.Tb": 2.0})
+    assert [p.tag for p in est] == ["SX.RAFF.Tb.EST", "SX.RAFF.Tb.INNOV", "SX.RAFF.Tb.NIS"]
+    dec = decision_points("cell1", 5.0, {"CELL1.CURRENT_SP": 150}, {"CELL1.CURRENT_SP": 140}, 0.012, True)
+    assert {p.tag: p.value for p in dec} == {"CELL1.CURRENT_SP.PROPOSED": 150, "CELL1.CURRENT_SP.APPLIED": 140,
+                                             "MPC.cell1.SOLVE_MS": 12.0, "MPC.cell1.HELD": 1.0}
+    assert alarm_point("X.HI", "u", False, 1.0).value == 0.0
+    fresh = FreshSamples()
+    assert len(fresh({"A": Sample(1.0, 10.0), "B": Sample(2.0, 10.0, Quality.BAD)})) == 2
+    assert list(fresh({"A": Sample(1.0, 10.0), "B": Sample(2.0, 70.0)})) == ["B"]
+
+
+# -- spool -------------------------------------------------------------------------------------
+def test_spool_is_fifo_and_survives_reopen(tmp_path):
+    s = Spool(tmp_path / "s.sqlite")
+    for k in range(3):
+        s.append(pts(10, t0=100 * k))
+    s.close()
+    s = Spool(tmp_path / "s.sqlite")
+    assert (s.pending_batches, s.pending_points) == (3, 30)
+    got = []
+    while (item := s.peek()) is not None:
+        got += item[1]
+        s.ack(item[0])
+    assert got == pts(10) + pts(10, 100) + pts(10, 200)  # order and exact values
+    assert s.pending_points == 0 and s.bytes == 0
+
+
+def test_spool_overflow_drops_oldest_with_warning(tmp_path, caplog):
+    s = Spool(tmp_path / "s.sqlite", max_bytes=3000)
+    with caplog.at_level(logging.WARNING):
+        for k in range(10):
+            s.append(pts(20, t0=1000 * k))
+    assert s.bytes <= 3000 and s.dropped_points > 0
+    assert s.dropped_points + s.pending_points == 200
+    assert "dropped the oldest" in caplog.text
+    assert s.peek()[1][0].time_s > 0  # the first batch is gone: oldest dropped, newest kept
+
+
+# -- recorder ----------------------------------------------------------------------------------
+def test_recorder_into_embedded_store_batches_by_size_and_time(tmp_path):
+    sink = SqliteSink(tmp_path / "h.sqlite")
+    rec = Recorder(sink, batch_size=100, flush_interval_s=0.2).start()
+    rec.record_many(pts(250, tag="A"))
+    time.sleep(0.6)  # the last 50 go out on the time trigger, without flush()
+    assert rec.stats.written == 250
+    rec.record(Point("process", "B", "u", 7.0, 1.0))
+    rec.close()
+    s = read_series(tmp_path / "h.sqlite", "A")
+    assert list(s.value) == [p.value for p in pts(250)]
+    assert read_series(tmp_path / "h.sqlite", "B").value.tolist() == [7.0]
+
+
+def test_recorder_never_blocks_when_database_is_down(tmp_path):
+    # a server that accepts connections and never answers: the worst case for a writer
+    import socket
+
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(16)
+    url = f"http://127.0.0.1:{hang.getsockname()[1]}"
+    spool = Spool(tmp_path / "s.sqlite")
+    rec = Recorder(Influx1Sink(url=url, database="x", timeout_s=2), spool, batch_size=1000,
+                   max_queued_points=5000).start()
+    worst = 0.0
+    for k in range(60):
+        t0 = time.perf_counter()
+        rec.record_many(pts(1000, t0=1000 * k))
+        worst = max(worst, time.perf_counter() - t0)
+    assert worst < 0.05, f"record_many took {worst * 1e3:.1f} ms"
+    rec.flush(10)
+    assert rec.stats.spooled + rec.stats.written == 60_000 and rec.stats.written == 0
+    rec.close(timeout_s=5)
+    assert Spool(tmp_path / "s.sqlite").pending_points == 60_000
+    hang.close()
+
+
+def test_memory_spool_bounded():
+    m = MemorySpool(max_points=25)
+    for k in range(5):
+        m.append(pts(10, 10 * k))
+    assert m.pending_points <= 25 and m.dropped_points == 30
+
+
+# -- Grafana annotations -----------------------------------------------------------------------
+class FakeGrafana(BaseHTTPRequestHandler):
+    """Grafana's POST /api/annotations as documented: 200 + {"id", "message"}; fails on demand."""
+
+    received: ClassVar[list[dict]] = []
+    fail_next = 0
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if FakeGrafana.fail_next:
+            FakeGrafana.fail_next -= 1
+            self.send_response(503)
+            self.end_headers()
+            return
+        ok = self.path == "/api/annotations" and self.headers["Authorization"] == "Bearer glsa_x"
+        if ok:
+            FakeGrafana.received.append(body)
+        data = json.dumps({"id": len(FakeGrafana.received), "message": "Annotation added"}).encode()
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_alarm_transitions_become_grafana_annotations():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeGrafana)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {"PILOT_GRAFANA_URL": f"http://127.0.0.1:{server.server_address[1]}", "PILOT_GRAFANA_TOKEN": "glsa_x"}
+        assert GrafanaAnnotations.from_env({}) is None
+        ann = GrafanaAnnotations.from_env(env)
+        FakeGrafana.fail_next = 1  # Grafana hiccups once: the recorder retries, nothing lost
+        rec = Recorder(ann, batch_size=10, flush_interval_s=0.05, retry_min_s=0.05).start()
+        rec.record_many([Point("process", "X", "u", 1.0, 1.0), alarm_point("CELL1.TEMP.HI", "cell1", True, 10.5),
+                         alarm_point("CELL1.TEMP.HI", "cell1", False, 70.0)])
+        assert rec.drain(5)
+        rec.close()
+        assert [b["tags"] for b in FakeGrafana.received] == [
+            [ALARM_TAG, "cell1", "CELL1.TEMP.HI", "raised"], [ALARM_TAG, "cell1", "CELL1.TEMP.HI", "cleared"]]
+        assert FakeGrafana.received[0]["time"] == 10500
+    finally:
+        server.shutdown()
+
+
+def test_settings_from_environment(tmp_path):
+    s = HistorianSettings.from_env({})
+    assert not s.uses_influx and isinstance(make_sink(s, tmp_path), SqliteSink)
+    s = HistorianSettings.from_env({"PILOT_INFLUX_URL": "http://h:8086", "PILOT_INFLUX_TOKEN": "t"})
+    assert s.version == 2 and type(make_sink(s)).__name__ == "Influx2Sink"
+    s = HistorianSettings.from_env({"PILOT_INFLUX_URL": "http://h:8086", "PILOT_INFLUX_DATABASE": "plant"})
+    assert s.version == 1 and make_sink(s).settings.database == "plant"
+    with pytest.raises(ValueError, match="PILOT_INFLUX_PRECISION"):
+        HistorianSettings.from_env({"PILOT_INFLUX_PRECISION": "minutes"})
