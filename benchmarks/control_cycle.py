@@ -1,0 +1,190 @@
+"""Control-tick latency of estimation + MPC for the default line, and do-mpc as the reference.
+
+Per tick (period 1 s, plant on the virtual clock, one core): the EKF of each cell and of the
+cascade, then the MPC of each cell and of the cascade; the plant's own advance is not timed.
+The plant is first run for ``--warm-h`` hours at a 60 s tick (estimators converged, analyser
+histories full); the default 2.25 h puts into the 1,000 timed ticks the arrival of the cells'
+salt and cathode analysers (sampled 30 min earlier: 1,800 stored ticks re-run) and of the
+cascade's (10 min).
+Goal: p99 < 100 ms.
+
+Reference: the same cell MPC problem (same linearisation, horizon, weights, bounds, soft output
+limits) built and solved by do-mpc (CasADi + IPOPT). do-mpc has no rate bounds on the inputs
+(its ``rterm`` is the move penalty), so the reference omits the rate limits; the first moves
+are compared on a tick where they are inactive.
+
+    .venv/bin/python benchmarks/control_cycle.py [--ticks 1000] [--warm-h 2.25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+
+import numpy as np
+
+from controllers.estimation_cascade import cascade_estimator
+from controllers.estimation_cell import cell_estimator
+from controllers.mpc import solve
+from controllers.mpc_cascade import CascadeMpc
+from controllers.mpc_cell import CellMpc
+from pilot_config import default_config_path, load_config
+from twin.plant import TwinPlant
+
+GOAL_S = 0.100
+
+
+def build(config):
+    cells = [(c.name, cell_estimator(c), CellMpc(c, config.tags)) for c in config.electrolysis.cells]
+    sx = cascade_estimator(config)
+    return cells, (sx, CascadeMpc(sx.model, config.tags))
+
+
+def tick(cells, cascade, snap, t, period, timing):
+    out = {}
+    for name, ekf, mpc in cells:
+        t0 = time.perf_counter()
+        est = ekf.step(snap, {}, t)
+        t1 = time.perf_counter()
+        res = mpc.step(est, snap, t, control_period_s=period)
+        t2 = time.perf_counter()
+        timing[f"{name} EKF"].append(t1 - t0)
+        timing[f"{name} MPC"].append(t2 - t1)
+        out[name] = (est, res)
+    ekf, mpc = cascade
+    t0 = time.perf_counter()
+    est = ekf.step(snap, {}, t)
+    t1 = time.perf_counter()
+    res = mpc.step(est, snap, t, control_period_s=period)
+    t2 = time.perf_counter()
+    timing["cascade EKF"].append(t1 - t0)
+    timing["cascade MPC"].append(t2 - t1)
+    out["extraction"] = (est, res)
+    return out
+
+
+def do_mpc_reference(lin, spec, u_prev):
+    """The cell QP in do-mpc; returns (first move, build s, solve s) or a reason string."""
+    try:
+        import do_mpc  # noqa: F401  (pulls casadi)
+    except ImportError as exc:
+        return f"do-mpc not importable: {exc}"
+    t0 = time.perf_counter()
+    mpc = _do_mpc_build(lin, spec, u_prev)
+    setup = time.perf_counter() - t0
+    times, u0 = [], None
+    for _ in range(5):
+        t1 = time.perf_counter()
+        u0 = mpc.make_step(np.zeros((lin.a.shape[0], 1)))
+        times.append(time.perf_counter() - t1)
+    return np.ravel(u0), setup, float(np.median(times))
+
+
+def _do_mpc_build(lin, spec, u_prev):
+    """The same model, objective, bounds and soft output limits as ``controllers.mpc``."""
+    import casadi as ca
+    import do_mpc
+
+    nx, m = lin.b.shape
+    model = do_mpc.model.Model("discrete")
+    x = model.set_variable("_x", "x", (nx, 1))
+    u = model.set_variable("_u", "u", (m, 1))
+    model.set_rhs("x", ca.DM(lin.a) @ x + ca.DM(lin.b) @ u + ca.DM(lin.c))
+    model.set_expression("y", ca.DM(lin.cy) @ x + ca.DM(lin.dy) @ u + ca.DM(lin.ey))
+    model.setup()
+    mpc = do_mpc.controller.MPC(model)
+    mpc.settings.n_horizon = spec.horizon
+    mpc.settings.t_step = lin.step_s
+    mpc.settings.store_full_solution = False
+    mpc.settings.nlpsol_opts = {"ipopt.print_level": 0, "ipopt.sb": "yes", "print_time": 0}
+    w = np.where(np.isfinite(spec.y_ref), spec.w_y, 0.0)
+    r = np.nan_to_num(spec.y_ref)
+    track = sum(w[i] * (model.aux["y"][i] - r[i]) ** 2 for i in range(len(w)))
+    reg = sum(spec.w_u[i] * (model.u["u"][i] - spec.u_ref[i]) ** 2 for i in range(m))
+    mpc.set_objective(lterm=track + reg, mterm=ca.DM(0))
+    mpc.set_rterm(u=np.asarray(spec.w_du))
+    mpc.bounds["lower", "_u", "u"] = spec.u_min
+    mpc.bounds["upper", "_u", "u"] = spec.u_max
+    for i in range(len(w)):
+        for name, sign, limit in ((f"ymax{i}", 1.0, spec.y_max[i]), (f"ymin{i}", -1.0, spec.y_min[i])):
+            if np.isfinite(limit):
+                mpc.set_nl_cons(name, sign * model.aux["y"][i], ub=sign * limit, soft_constraint=True,
+                                penalty_term_cons=spec.rho_lin)
+    mpc.setup()
+    mpc.x0 = np.zeros(nx)
+    mpc.u0 = u_prev
+    mpc.set_initial_guess()
+    return mpc
+
+
+def reference(cells, snap, period):
+    _, ekf, mpc = cells[0]
+    z = ekf.x
+    u_prev = mpc.u_now(snap, {})
+    lin = mpc.linearise(z, np.clip(u_prev, mpc.u_min, mpc.u_max))
+    spec = mpc.spec(snap, period)
+    free = dataclasses.replace(spec, du_first=mpc.u_max - mpc.u_min, du_max=mpc.u_max - mpc.u_min)
+    times = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        sol = solve(lin, free, u_prev, deadline_s=1.0)
+        times.append(time.perf_counter() - t0)
+    ref = do_mpc_reference(lin, free, u_prev)
+    return sol, float(np.median(times)), ref
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ticks", type=int, default=1000)
+    ap.add_argument("--warm-h", type=float, default=2.25)
+    ap.add_argument("--period", type=float, default=1.0)
+    args = ap.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    config = load_config(default_config_path())
+    plant = TwinPlant(config)
+    cells, cascade = build(config)
+    warm: dict[str, list[float]] = {k: [] for k in ("cell1 EKF", "cell1 MPC", "cell2 EKF", "cell2 MPC",
+                                                    "cascade EKF", "cascade MPC")}
+    while plant.t < args.warm_h * 3600:
+        plant.advance(60.0)
+        tick(cells, cascade, plant.snapshot(), plant.t, 60.0, warm)
+    timing = {k: [] for k in warm}
+    totals, held = [], {}
+    for _ in range(args.ticks):
+        plant.advance(args.period)
+        snap = plant.snapshot()
+        t0 = time.perf_counter()
+        out = tick(cells, cascade, snap, plant.t, args.period, timing)
+        totals.append(time.perf_counter() - t0)
+        for unit, (_, res) in out.items():
+            if res.held:
+                held[unit] = held.get(unit, 0) + 1
+    report(np.array(totals), timing, held, args)
+    sol, osqp_s, ref = reference(cells, plant.snapshot(), args.period)
+    print("\nReference, the same cell1 MPC QP (rate limits off):")
+    print(f"  OSQP (linearised QP, setup + solve): {osqp_s * 1e3:8.2f} ms   first move {np.round(sol['U'][0], 3)}")
+    if isinstance(ref, str):
+        print(f"  do-mpc: {ref}")
+    else:
+        u0, setup, solve_s = ref
+        print(f"  do-mpc (CasADi + IPOPT) make_step:  {solve_s * 1e3:8.2f} ms   first move {np.round(u0, 3)}"
+              f"   (+ {setup:.2f} s to build per linearisation)")
+
+
+def report(totals, timing, held, args) -> None:
+    ms = totals * 1e3
+    p50, p99, mx = np.percentile(ms, 50), np.percentile(ms, 99), ms.max()
+    print(f"Control tick, default line, {args.ticks} ticks at {args.period:g} s, one core")
+    print(f"  total   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   max {mx:7.2f} ms   "
+          f"goal p99 < {GOAL_S * 1e3:.0f} ms: {'met' if p99 < GOAL_S * 1e3 else 'NOT met'}")
+    for k, v in timing.items():
+        a = np.array(v) * 1e3
+        print(f"  {k:12s} p50 {np.percentile(a, 50):7.2f} ms   p99 {np.percentile(a, 99):7.2f} ms   max {a.max():7.2f} ms")
+    print(f"  held MPC results: {held or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
