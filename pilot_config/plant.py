@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .adsorption import CarouselConfig
 from .base import StrictModel, check_every_species
+from .control import ControlConfig
 from .electrolysis import CellConfig, DistillationConfig
 from .extraction import CascadeConfig
 from .tags import Tag
@@ -101,6 +102,7 @@ class PilotLineConfig(StrictModel):
     tags: list[Tag] = Field(min_length=1)
     opcua: OpcUaConfig = OpcUaConfig()
     simulation: SimulationConfig = SimulationConfig()
+    control: ControlConfig = ControlConfig()
 
     @model_validator(mode="after")
     def _tags_unique(self) -> "PilotLineConfig":
@@ -108,6 +110,7 @@ class PilotLineConfig(StrictModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"tag names must be unique; repeated: {dupes}")
+        self.control.check_tags(self.tags)
         return self
 
     def tag(self, name: str) -> Tag:

@@ -4,18 +4,21 @@ and one heater-failure run on the real TwinPlant."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from pydantic import ValidationError
 
 from controllers.alarms import AlarmManager, AlarmState, Priority
 from controllers.anomaly import PredictedAlarm
 from controllers.guard import Guard
 from pilot_config import default_config_path, load_config
-from pilot_config.control import AlarmsConfig, ControlConfig, LimitAlarmConfig, OperatorPositionConfig
+from pilot_config.control import (
+    AlarmsConfig,
+    ControlConfig,
+    LimitAlarmConfig,
+    OperatorPositionConfig,
+)
 from twin.plant import TwinPlant
 from twin.signals import Quality, Sample
 
@@ -228,12 +231,8 @@ def test_heater_failure_on_twin_plant(line):
 
 
 def shipped_control(line) -> ControlConfig:
-    """``line.control`` once the plant config carries it; until then the block in docs/alarms.md."""
-    if getattr(line, "control", None) is not None:
-        return line.control
-    text = (Path(__file__).parents[1] / "docs" / "alarms.md").read_text()
-    block = text.split("<!-- control-yaml-begin -->")[1].split("<!-- control-yaml-end -->")[0]
-    return ControlConfig.model_validate(yaml.safe_load(block.replace("```yaml", "").replace("```", ""))["control"])
+    """The ``control:`` section of the shipped line."""
+    return line.control
 
 
 def test_shipped_config_quiet_in_normal_operation(line):
