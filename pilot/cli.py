@@ -14,6 +14,8 @@ from rich.table import Table
 
 from pilot_config import ConfigError, config_schema, default_config_path, load_config
 
+from .cli_historian import historian_app
+from .cli_opcua import opcua_app
 from .durations import parse_duration
 
 app = typer.Typer(
@@ -27,6 +29,8 @@ app = typer.Typer(
 config_app = typer.Typer(help="Check plant configuration files and print their schema.",
                          no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(opcua_app, name="opcua")
+app.add_typer(historian_app, name="historian")
 err = Console(stderr=True)
 out = Console()
 
@@ -169,6 +173,39 @@ def history(
         table.add_row(f"{t / 3600:.2f} h", f"{v:.6g}", q)
     out.print(table)
     out.print(f"(every {step}th sample shown; use --csv for all)")
+
+
+@app.command("plc-sim")
+def plc_sim_cmd(
+    config_path: ConfigArg = None,
+    endpoint: Annotated[Optional[str], typer.Option(
+        help="where to serve, opc.tcp://HOST:PORT (default: opcua.endpoint of the config)",
+        envvar="PILOT_OPCUA_ENDPOINT", show_default=False)] = None,
+    speed: Annotated[float, typer.Option(help="plant time runs X times faster than real time")] = 1.0,
+    duration: Annotated[Optional[str], typer.Option(
+        help="stop after this much plant time (30min, 24h); default: run until Ctrl-C")] = None,
+    pki: Annotated[Optional[Path], typer.Option(
+        help="PKI folder with own/ certificate and key and trusted/ peers (`pilot opcua certs`)")] = None,
+    security: Annotated[str, typer.Option(
+        help="comma list of None, Sign, SignAndEncrypt (Basic256Sha256)")] = "None",
+    anonymous: Annotated[bool, typer.Option(
+        help="accept anonymous sessions (they may only read)")] = True,
+    seed: Annotated[Optional[int], typer.Option(help="sensor-noise seed (default: from the config)")] = None,
+) -> None:
+    """Serve the config's PLC tags over OPC UA, driven by the twin in real time (or X times faster).
+
+    Measurements are read-only AnalogItems with EURange and EngineeringUnits; setpoints are writable by the operator role, limits and tuning by the engineer role; anonymous sessions only read. Users and roles come from PILOT_OPCUA_USERS / PILOT_OPCUA_SECRETS, never from the YAML. Out-of-range writes are refused with BadOutOfRange. See docs/opcua.md.
+    """
+    from .cli_opcua import plc_sim
+
+    duration_s = None
+    if duration is not None:
+        try:
+            duration_s = parse_duration(duration)
+        except ValueError as exc:
+            fail(str(exc))
+    plc_sim(config_path, endpoint, speed, duration_s=None if duration_s is None else duration_s / speed, pki=pki, security=security,
+            allow_anonymous=anonymous, seed=seed)
 
 
 def main() -> None:  # pragma: no cover
