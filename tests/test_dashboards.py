@@ -15,7 +15,6 @@ import yaml
 from pilot.dashboards import build_dashboards, write_provisioning
 from pilot.dashboards.model import DATASOURCE, GRID_WIDTH
 from pilot.dashboards.provisioning import DASHBOARDS_MOUNT
-from pilot.historian import ci_server
 from pilot.historian.base import MEASUREMENTS
 from pilot.historian.feed import simulated_run
 from pilot.historian.influx1 import Influx1Sink
@@ -125,12 +124,6 @@ def test_provisioning_files_point_at_dashboards(tmp_path, config, dashboards):
 
 
 # -- against the real InfluxDB -----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def influx():
-    url, started = ci_server.ensure_influxdb()
-    yield url
-    if started:
-        ci_server.stop()
 
 
 def _grafana_macros(q: str) -> str:

@@ -32,12 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 OUTAGE_PORT = 18096  # a private instance for the stop/start tests
 
 
-@pytest.fixture(scope="module")
-def influx():
-    url, started = ci_server.ensure_influxdb()
-    yield url
-    if started:
-        ci_server.stop()
 
 
 @pytest.fixture()

@@ -11,11 +11,10 @@ import pytest
 from opcua_server.bridge import ClientSecurity, OpcUaBridge
 from opcua_server.node_interop import (
     NodeScript,
-    ensure_node_opcua,
     free_port,
     node_available,
 )
-from opcua_server.security import Pki, SecurityError, create_certificate
+from opcua_server.security import Pki, SecurityError
 from pilot_config.tags import Tag
 from twin.signals import Quality
 
@@ -32,18 +31,9 @@ def node_tags(n: int = N, m: int = M, interval_ms: float = 200.0) -> list[Tag]:
     return tags
 
 
-@pytest.fixture(scope="module")
-def node_modules():
-    return ensure_node_opcua()
-
-
 @pytest.fixture()
-def pkis(tmp_path):
-    ours = Pki(tmp_path / "bridge")
-    create_certificate(ours, "urn:pilot-line:bridge", "pilot-bridge")
-    theirs = Pki(tmp_path / "node-server")
-    create_certificate(theirs, "urn:pilot-line:node-server", "node-server")
-    return ours, theirs
+def pkis(pki_pair):
+    return pki_pair(("bridge", "urn:pilot-line:bridge"), ("node-server", "urn:pilot-line:node-server"))
 
 
 def _server(port: int, secure: bool, ours: Pki, theirs: Pki, limits: str = "10,2,25") -> NodeScript:

@@ -12,11 +12,10 @@ import pytest
 
 from opcua_server.node_interop import (
     NodeScript,
-    ensure_node_opcua,
     free_port,
     node_available,
 )
-from opcua_server.security import Pki, UserDirectory, create_certificate
+from opcua_server.security import UserDirectory
 from opcua_server.server import PlcServer, ServerSecurity
 from pilot_config import load_config
 from twin.plant import TwinPlant
@@ -25,22 +24,13 @@ pytestmark = pytest.mark.skipif(not node_available(), reason="node/npm not insta
 
 
 @pytest.fixture(scope="module")
-def node_modules():
-    return ensure_node_opcua()  # fails loudly when the install fails
-
-
-@pytest.fixture(scope="module")
 def config():
     return load_config()
 
 
 @pytest.fixture()
-def pkis(tmp_path):
-    server = Pki(tmp_path / "server")
-    create_certificate(server, "urn:pilot-line:plc-sim", "pilot-plc")
-    client = Pki(tmp_path / "node-client")
-    create_certificate(client, "urn:pilot-line:node-client", "node-client")
-    return server, client
+def pkis(pki_pair):
+    return pki_pair(("server", "urn:pilot-line:plc-sim"), ("node-client", "urn:pilot-line:node-client"))
 
 
 async def _serve_and_run(config, security: ServerSecurity, argv: list[str]) -> tuple[str | Exception, PlcServer]:

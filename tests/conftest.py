@@ -1,0 +1,40 @@
+"""Fixtures shared by the tests that need a real server: InfluxDB 1.x and node-opcua."""
+
+from __future__ import annotations
+
+import pytest
+
+from opcua_server.node_interop import ensure_node_opcua
+from opcua_server.security import Pki, create_certificate
+from pilot.historian import ci_server
+
+
+@pytest.fixture(scope="module")
+def influx():
+    """URL of the real InfluxDB (started by scripts/test, or here and stopped after the module)."""
+    url, started = ci_server.ensure_influxdb()
+    yield url
+    if started:
+        ci_server.stop()
+
+
+@pytest.fixture(scope="module")
+def node_modules():
+    """node-opcua installed with the machine's Node.js into an ignored folder (fails loudly)."""
+    return ensure_node_opcua()
+
+
+@pytest.fixture()
+def pki_pair(tmp_path):
+    """``pki_pair((name, app URI), (name, app URI))``: two PKI folders under tmp_path with a
+    self-signed application certificate each."""
+
+    def make(*peers: tuple[str, str]) -> tuple[Pki, ...]:
+        pkis = []
+        for name, uri in peers:
+            pki = Pki(tmp_path / name)
+            create_certificate(pki, uri, f"pilot-{name}")
+            pkis.append(pki)
+        return tuple(pkis)
+
+    return make
