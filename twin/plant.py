@@ -56,7 +56,8 @@ class TwinPlant:
         self.env = simpy.Environment()
         self.line: Line = build_line(config, start or config.simulation.start)
         self.flowsheet = self.line.flowsheet
-        rng = np.random.default_rng(config.simulation.seed if seed is None else seed)
+        self.seed = config.simulation.seed if seed is None else seed
+        rng = np.random.default_rng(self.seed)
         self.tags = TagLayer(bind_tags(config.tags, self.flowsheet), rng, epoch_s)
         self.ledger = Ledger(self.line)
         self.events: list[PlantEvent] = []

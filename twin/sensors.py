@@ -75,6 +75,9 @@ class TagLayer:
         self.rng = rng
         self.epoch_s = epoch_s
         self.quality_override: dict[str, Quality] = {}
+        #: training hooks (twin.malfunctions): per-tag signal faults, writes refused (tripped pumps)
+        self.signal_faults: dict = {}
+        self.locked: dict[str, str] = {}
         self._scan: dict[str, Sample] = {}
         self._analysers: dict[str, Sample] = {}
         self.analyser_tags = [n for n, b in bound.items() if b.tag.kind == "analyser"]
@@ -106,7 +109,15 @@ class TagLayer:
             s = out.get(name)
             if s is not None:
                 out[name] = Sample(s.value, s.source_time, q)
+        if self.signal_faults:
+            for name, fault in self.signal_faults.items():
+                if name in out:
+                    out[name] = fault.apply(out[name])
         return out
+
+    def sample(self, name: str) -> Sample | None:
+        """The latest sample of one tag, before signal faults."""
+        return self._analysers.get(name) or self._scan.get(name)
 
     def write(self, values: Mapping[str, float]) -> WriteResult:
         accepted, refused = [], {}
@@ -116,6 +127,8 @@ class TagLayer:
                 refused[name] = "unknown tag"
             elif not b.tag.writable:
                 refused[name] = f"read-only ({b.tag.kind})"
+            elif self.locked and name in self.locked:
+                refused[name] = self.locked[name]
             elif not np.isfinite(value) or not (b.tag.low <= value <= b.tag.high):
                 refused[name] = f"out of range: {value} not in [{b.tag.low}, {b.tag.high}] {b.tag.unit}"
             else:
