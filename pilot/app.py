@@ -8,6 +8,7 @@ embedded historian, and writes ``summary.json`` and the plots.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pilot_config.plant import PilotLineConfig
 from twin.kpis import compute_kpis
 from twin.plant import TwinPlant
 
+from .closed_loop import ClosedLoop
 from .historian.base import Point
 from .historian.sqlite import SqliteSink, history_path
 
@@ -48,8 +50,16 @@ def simulate(
     seed: int | None = None,
     progress: ProgressFn | None = None,
     make_plots: bool = True,
+    control: str = "off",
 ) -> RunResult:
-    """Run the line standalone for ``until_s`` plant seconds; return the summary."""
+    """Run the line standalone for ``until_s`` plant seconds; return the summary.
+
+    ``control``: ``off`` (open loop, the PLC's own logic only), ``advisory`` or ``auto`` (every
+    loop of ``control.guard.loops`` in that mode): every ``control.guard.control_period_s`` the
+    ``ControlLoop`` steps on the snapshot, its writes go to the twin and its points (estimates,
+    decisions, alarms) into the run's history; ``summary["control"]`` holds its statistics."""
+    if control not in ("off", "advisory", "auto"):
+        raise ValueError(f"control must be off, advisory or auto; got {control!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
     db = history_path(out_dir)
     for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
@@ -62,10 +72,17 @@ def simulate(
     profiles: list[tuple[float, dict]] = [(0.0, plant.stage_profile())]
     wall0 = time.perf_counter()
     next_profile = PROFILE_EVERY_S
+    ctrl = None if control == "off" else ClosedLoop(config, control)
+    next_record = record_dt
     try:
         sink.write_batch(snapshot_points(plant, units))
         while plant.t < until_s - 1e-9:
-            plant.advance(min(record_dt, until_s - plant.t))
+            plant.advance(min(next_record, ctrl.next_t if ctrl else math.inf, until_s) - plant.t)
+            if ctrl is not None and plant.t >= ctrl.next_t - 1e-9:
+                sink.write_batch(ctrl.tick(plant))
+            if plant.t < next_record - 1e-9 and plant.t < until_s - 1e-9:
+                continue
+            next_record += record_dt
             sink.write_batch(snapshot_points(plant, units))
             if plant.t >= next_profile - 1e-9 or plant.t >= until_s - 1e-9:
                 profiles.append((plant.t, plant.stage_profile()))
@@ -90,6 +107,8 @@ def simulate(
         "events": [{"t_s": e.t, "unit": e.unit, "event": e.text} for e in plant.events],
         "historian": str(history_path(out_dir).name),
     }
+    if ctrl is not None:
+        summary["control"] = ctrl.stats_summary(plant.t)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     plots: tuple[Path, ...] = ()
     if make_plots:

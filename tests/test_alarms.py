@@ -254,4 +254,5 @@ def test_shipped_config_quiet_in_normal_operation(line):
         assert g.to_write == {} and set(g.advisory) == {"CELL1.CURRENT_SP", "SX.ORG.FLOW_SP"}
         assert g.held == {"CELL1.TAP_SP": "loop <default> in manual"}
     assert mgr.journal == [] and r.metrics.total_activations == 0 and r.active == ()
-    assert len(mgr.defs) == 49  # 30 limit + 2 discrete + 14 bad PV + 3 external
+    # 34 limit + 2 discrete + 17 bad PV + 10 external (the loop's model-based alarms, docs/control_loop.md)
+    assert len(mgr.defs) == 63

@@ -83,8 +83,9 @@ def _plc_block(config) -> Block:
         unit = elec.ElectrolysisCell(cell.name)
         x0, u0 = unit.initial_state(c), unit.nominal_inputs(c, cell.current_setpoint_A)
         salt_w0 = elec.cell_terms(x0, u0, c).w_salt
-        names += [f"{cell.name}.temperature_sp", f"{cell.name}.salt_tb_sp", f"{cell.name}.tap_fraction"]
-        values += [c.t0, salt_w0, c.tap_fraction]
+        names += [f"{cell.name}.temperature_sp", f"{cell.name}.salt_tb_sp", f"{cell.name}.tap_fraction",
+                  f"{cell.name}.remote"]
+        values += [c.t0, salt_w0, c.tap_fraction, 0.0]  # remote 0: the cell supervisor sets heater and feeder
     plc = PlcSetpoints(tuple(names))
     return Block("plc", plc, None, np.zeros(0), u=np.array(values, dtype=float))
 

@@ -5,7 +5,10 @@
   the lag becomes lead and the standby column becomes lag.
 - ``cell_supervisor``: per cell, each scan: temperature PI on the heater power, salt make-up
   (proportional on the salt Tb content) and the tap of the liquid-alloy cathode when its Tb
-  content reaches the tap grade.
+  content reaches the tap grade. In *remote* (``plc.<cell>.remote`` ≥ 0.5, tag ``<CELL>.REMOTE``)
+  the heater power and the salt feeder are left to whatever was written to them (the actuator
+  tags ``<CELL>.HEATER_SP`` / ``<CELL>.SALT_FEED_SP``, e.g. by the MPC); the PI integral tracks the
+  heater power meanwhile, so going back to local is bumpless. The tap stays with the supervisor.
 - ``distillation_batches``: tapped alloy waits in a transfer crucible; each batch is charged,
   heated, held until the residual alloy metal is below spec, cooled and discharged.
 - ``analyser``: sample every period, report ``delay`` later with the sample's time stamp.
@@ -89,16 +92,20 @@ def cell_supervisor(plant: "TwinPlant", name: str):
     i_sp = plc.input_index[f"{name}.temperature_sp"]
     i_salt_sp = plc.input_index[f"{name}.salt_tb_sp"]
     i_tap = plc.input_index[f"{name}.tap_fraction"]
+    i_remote = plc.input_index.get(f"{name}.remote")
     pi = plant.line.heater_pi[name]
     integral = pi.bias
     while True:
         yield plant.step_event
-        err = plc.u[i_sp] - cell.y[i_T]
-        integral = float(np.clip(integral + pi.ki * err * plant.dt, 0.0, pi.max_w))
-        cell.set_input("heater_power", float(np.clip(pi.kp * err + integral, 0.0, pi.max_w)))
-        nominal = cell.y[cell.output_index["deposition_rate"]]
-        make_up = nominal * (1.0 + pi.salt_gain * (plc.u[i_salt_sp] - cell.y[i_salt]) / plc.u[i_salt_sp])
-        cell.set_input("salt_feed_rate", float(max(make_up, 0.0)))
+        if i_remote is not None and plc.u[i_remote] >= 0.5:  # remote: heater and feeder as written
+            integral = float(np.clip(cell.u[cell.input_index["heater_power"]], 0.0, pi.max_w))
+        else:
+            err = plc.u[i_sp] - cell.y[i_T]
+            integral = float(np.clip(integral + pi.ki * err * plant.dt, 0.0, pi.max_w))
+            cell.set_input("heater_power", float(np.clip(pi.kp * err + integral, 0.0, pi.max_w)))
+            nominal = cell.y[cell.output_index["deposition_rate"]]
+            make_up = nominal * (1.0 + pi.salt_gain * (plc.u[i_salt_sp] - cell.y[i_salt]) / plc.u[i_salt_sp])
+            cell.set_input("salt_feed_rate", float(max(make_up, 0.0)))
         if cell.y[i_cath] >= plc.u[i_tap]:
             cell.x, tb_mol, metal_mol = tap(cell.x, p)
             cell.refresh(plant.t)
