@@ -99,6 +99,10 @@ class PlcServer:
         self._watchdog_value = 0
         self.writes_refused = 0
         self.fast_path = fast_path  # False: stock asyncua value path (benchmarks only)
+        #: instructor controls (opcua_server.instructor): plant time stops while frozen; a new
+        #: speed takes effect at once (the run loop re-bases its clock on either change)
+        self.frozen = False
+        self.speed: float | None = None
 
     # -- life cycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -190,11 +194,22 @@ class PlcServer:
         step = float(getattr(self.plant, "dt", 1.0))
         t0_wall, t0_plant = time.monotonic(), self.plant.t
         next_beat, lagging = t0_wall, False
+        self.speed = self.speed or speed
         while not stop.is_set():
             now = time.monotonic()
             if now >= next_beat:
                 await self.beat()
                 next_beat += 1.0
+            jumped = not t0_plant <= self.plant.t <= t0_plant + (now - t0_wall) * speed + 2 * step
+            if self.frozen or self.speed != speed or jumped:  # instructor: freeze, speed, restore
+                speed, t0_wall, t0_plant = self.speed, now, self.plant.t
+                step = float(getattr(self.plant, "dt", 1.0))
+                if self.frozen:
+                    try:
+                        await asyncio.wait_for(stop.wait(), timeout=min(max(next_beat - now, 0.01), 0.1))
+                    except TimeoutError:
+                        pass
+                    continue
             target = t0_plant + (now - t0_wall) * speed
             steps = int(math.floor((target - self.plant.t) / step + 1e-9))
             if steps > 0:

@@ -84,6 +84,9 @@ def simulate(
     seed: Annotated[Optional[int], typer.Option(help="sensor-noise seed (default: from the config)")] = None,
     plots: Annotated[bool, typer.Option(help="write PNG plots")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    control: Annotated[str, typer.Option(
+        help="off: open loop; advisory / auto: the control loop (estimators, MPC, guard, alarms) "
+             "in-process, every loop in that mode")] = "off",
 ) -> None:
     """Run the pilot line standalone on the twin and write KPIs, history and plots.
 
@@ -96,6 +99,8 @@ def simulate(
         fail(str(exc))
     if speed is not None and not (0 < speed <= 1e6):
         fail(f"--speed must be a positive factor of real time (got {speed})")
+    if control not in ("off", "advisory", "auto"):
+        fail(f"--control must be off, advisory or auto (got {control!r})")
     config = load_or_fail(config_path)
     from .app import simulate as run
 
@@ -109,7 +114,7 @@ def simulate(
 
         try:
             result = run(config, until_s, out_dir, speed=speed, seed=seed, progress=progress,
-                         make_plots=plots)
+                         make_plots=plots, control=control)
         except OSError as exc:
             fail(f"cannot write to {out_dir}: {exc}")
     print_summary(result.summary)
@@ -129,6 +134,13 @@ def print_summary(summary: dict) -> None:
             value = ", ".join(f"{k} {_num(v)}" for k, v in value.items())
         table.add_row(key, _num(value))
     out.print(table)
+    c = summary.get("control")
+    if c:
+        lat = c["tick_latency_ms"]
+        out.print(f"control ({', '.join(f'{k} {v}' for k, v in c['modes'].items())}): {c['ticks']} ticks, "
+                  f"{c['ticks_with_holds']} with holds, {c['writes_accepted']} writes, "
+                  f"{sum(c['writes_refused'].values())} refused, {c['alarms_raised']} alarms raised; "
+                  f"tick p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms")
 
 
 def _num(v) -> str:
@@ -206,6 +218,16 @@ def plc_sim_cmd(
             fail(str(exc))
     plc_sim(config_path, endpoint, speed, duration_s=None if duration_s is None else duration_s / speed, pki=pki, security=security,
             allow_anonymous=anonymous, seed=seed)
+
+
+from .cli_run import alarms_app, run_cmd  # noqa: E402  (loop helper: pilot run, pilot alarms)
+
+app.command("run")(run_cmd)
+app.add_typer(alarms_app, name="alarms")
+
+from .cli_train import train_app  # noqa: E402  (training helper: pilot train)
+
+app.add_typer(train_app, name="train")
 
 
 def main() -> None:  # pragma: no cover

@@ -13,6 +13,7 @@ from .control import ControlConfig
 from .electrolysis import CellConfig, DistillationConfig
 from .extraction import CascadeConfig
 from .tags import Tag
+from .training import TrainingConfig
 
 
 def _check_species_map(value: dict[str, float], what: str) -> dict[str, float]:
@@ -103,6 +104,7 @@ class PilotLineConfig(StrictModel):
     opcua: OpcUaConfig = OpcUaConfig()
     simulation: SimulationConfig = SimulationConfig()
     control: ControlConfig = ControlConfig()
+    training: TrainingConfig = TrainingConfig()
 
     @model_validator(mode="after")
     def _tags_unique(self) -> "PilotLineConfig":
