@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -36,7 +37,8 @@ out = Console()
 
 ConfigArg = Annotated[
     Optional[Path],
-    typer.Argument(help="plant YAML file (default: the shipped pilot_line.yaml)", show_default=False),
+    typer.Argument(help="plant YAML file (default: $PILOT_CONFIG, else the shipped pilot_line.yaml)",
+                   show_default=False),
 ]
 
 
@@ -45,7 +47,14 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def config_path_or_env(path: Optional[Path]) -> Optional[Path]:
+    """The CONFIG argument, else PILOT_CONFIG (deployments), else None (the shipped line)."""
+    env = os.environ.get("PILOT_CONFIG", "").strip()
+    return path if path is not None else (Path(env) if env else None)
+
+
 def load_or_fail(path: Optional[Path]):
+    path = config_path_or_env(path)
     try:
         config = load_config(path)
         from twin.build import check_signals
@@ -216,7 +225,7 @@ def plc_sim_cmd(
             duration_s = parse_duration(duration)
         except ValueError as exc:
             fail(str(exc))
-    plc_sim(config_path, endpoint, speed, duration_s=None if duration_s is None else duration_s / speed, pki=pki, security=security,
+    plc_sim(config_path_or_env(config_path), endpoint, speed, duration_s=None if duration_s is None else duration_s / speed, pki=pki, security=security,
             allow_anonymous=anonymous, seed=seed)
 
 

@@ -32,9 +32,11 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def run_cmd(
-    plc: Annotated[str, typer.Option("--plc", help="OPC UA endpoint of the PLC (or of `pilot plc-sim`)")],
+    plc: Annotated[str, typer.Option("--plc", envvar="PILOT_OPCUA_ENDPOINT",
+                                     help="OPC UA endpoint of the PLC (or of `pilot plc-sim`)")],
     config_path: Annotated[Optional[Path], typer.Argument(
-        help="plant YAML file (default: the shipped pilot_line.yaml)", show_default=False)] = None,
+        help="plant YAML file (default: $PILOT_CONFIG, else the shipped pilot_line.yaml)",
+        show_default=False)] = None,
     mode: Annotated[str, typer.Option(help="mode of every control loop: manual, advisory or auto")] = "advisory",
     duration: Annotated[Optional[str], typer.Option(
         help="stop after this much plant time (10min, 8h); default: until Ctrl-C")] = None,

@@ -157,6 +157,26 @@ def refused_points(t: float, writes: dict[str, float], result: WriteResult, unit
                   "bad", session) for tag in result.refused]
 
 
+def _recorders(recorder, out_dir: Path | None):
+    """(recorder, whether we own it, Grafana annotation recorder or None), from the environment:
+    InfluxDB when PILOT_INFLUX_URL is set, else the embedded store in ``out_dir`` (or none);
+    alarm annotations when PILOT_GRAFANA_URL and PILOT_GRAFANA_TOKEN are set."""
+    from .historian.annotations import GrafanaAnnotations
+    from .historian.recorder import Recorder
+    from .historian.settings import HistorianSettings, make_recorder
+
+    grafana = GrafanaAnnotations.from_env()
+    annotations = Recorder(grafana, None, batch_size=100, flush_interval_s=1.0).start() if grafana else None
+    if recorder is not None:
+        return recorder, False, annotations
+    settings = HistorianSettings.from_env()
+    if not settings.uses_influx and out_dir is None:
+        return None, False, annotations
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    return make_recorder(settings, out_dir).start(), True, annotations
+
+
 async def run_live(config, url: str, *, mode: str = "advisory", duration_s: float | None = None,
                    out_dir: Path | None = None, session: str = "live", target: str = "live",
                    operator_endpoint: str | None = DEFAULT_OPERATOR_ENDPOINT, recorder=None,
@@ -170,12 +190,7 @@ async def run_live(config, url: str, *, mode: str = "advisory", duration_s: floa
 
     modes = {lp.name: mode for lp in config.control.guard.loops}
     loop = ControlLoop(config, target=target, session=session, modes=modes, **loop_options)
-    own_recorder = recorder is None and out_dir is not None
-    if own_recorder:
-        from .historian.settings import HistorianSettings, make_recorder
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        recorder = make_recorder(HistorianSettings.from_env(), out_dir).start()
+    recorder, own_recorder, annotations = _recorders(recorder, out_dir)
     units = {t.name: t.signal.split(".", 1)[0] for t in config.tags}
     stats, refused_log = LoopStats(), []
     fresh, stop = FreshSamples(), stop or asyncio.Event()
@@ -192,6 +207,8 @@ async def run_live(config, url: str, *, mode: str = "advisory", duration_s: floa
                 if not bridge.connected:
                     continue
                 snap = await bridge.read()
+                if recorder is not None:  # every new sample, not only those of control ticks
+                    recorder.record_many(process_points(fresh(snap), units, loop.session))
                 t = plant_time(snap)
                 if not math.isfinite(t) or t < next_t:
                     continue
@@ -200,7 +217,7 @@ async def run_live(config, url: str, *, mode: str = "advisory", duration_s: floa
                     break
                 next_t = t + loop.period
                 last, result = loop.step(snap, t), None
-                points = [*process_points(fresh(snap), units, loop.session), *last.points]
+                points = list(last.points)
                 if last.writes:
                     result = await bridge.write(last.writes)
                     if result.refused:
@@ -212,6 +229,8 @@ async def run_live(config, url: str, *, mode: str = "advisory", duration_s: floa
                 stats.add(last, result)
                 if recorder is not None:
                     recorder.record_many(points)
+                if annotations is not None:
+                    annotations.record_many([p for p in points if p.measurement == "alarm"])
                 if operator:
                     await operator.publish(last)
                 if on_tick:
@@ -221,6 +240,8 @@ async def run_live(config, url: str, *, mode: str = "advisory", duration_s: floa
             await operator.stop()
         if own_recorder:
             recorder.close()
+        if annotations is not None:
+            annotations.close()
     t_end = last.t if last else 0.0
     summary = {"plc": url, "session": session, "target": target, "control": stats.summary(loop, t_end),
                "refused_writes": [{"t": t, "tag": tag, "value": v, "reason": r} for t, tag, v, r in refused_log],

@@ -37,7 +37,7 @@ def shown_commands() -> list[tuple[str, str]]:
     found = []
     for doc in DOCS:
         for block in shell_blocks(doc.read_text()):
-            for line in block.splitlines():
+            for line in block.replace("\\\n", " ").splitlines():  # join continued lines
                 line = line.strip().removeprefix("$ ")
                 for m in COMMAND.finditer(line):
                     found.append((doc.name, m.group(1).strip()))
