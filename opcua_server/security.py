@@ -277,14 +277,22 @@ class RoleUserManager:
         return User(role=UserRole.User, name=username)
 
 
+CALL_REQUEST = ua.NodeId(ua.ObjectIds.CallRequest_Encoding_DefaultBinary)
+
+
 class ReadForAllRuleset(PermissionRuleset):
     """Every session may use the ordinary services (read, browse, subscribe, write requests);
-    whether a write may change a tag is decided per item by role in the PLC server."""
+    whether a write may change a tag is decided per item by role in the PLC server. Method calls
+    (the instructor's controls) need ``call_allowed(user)`` when it is given: refused with
+    BadUserAccessDenied otherwise."""
 
-    def __init__(self) -> None:
+    def __init__(self, call_allowed=None) -> None:
         self._allowed = {ua.NodeId(i) for i in USER_TYPES}
+        self._call_allowed = call_allowed
 
     def check_validity(self, user, action_type_id, body) -> bool:
+        if action_type_id == CALL_REQUEST and self._call_allowed is not None:
+            return bool(self._call_allowed(user))
         return action_type_id in self._allowed
 
 

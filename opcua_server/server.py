@@ -145,7 +145,8 @@ class PlcServer:
             await srv.load_certificate(str(sec.pki.cert))
             await srv.load_private_key(str(sec.pki.key))
             srv.set_certificate_validator(TrustList(sec.pki, "client"))
-        srv.set_security_policy([_POLICIES[m] for m in sec.modes], permission_ruleset=ReadForAllRuleset())
+        srv.set_security_policy([_POLICIES[m] for m in sec.modes], permission_ruleset=ReadForAllRuleset(
+            call_allowed=lambda user: self._role(user) >= Role.ENGINEER))  # methods: instructor controls
         tokens = [ua.UserNameIdentityToken] + ([ua.AnonymousIdentityToken] if sec.allow_anonymous else [])
         srv.set_identity_tokens(tokens)
 

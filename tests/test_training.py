@@ -145,13 +145,15 @@ def test_shipped_scenario_scripted_trainee(line, path, tmp_path):
         assert idle.met == [] and idle.score < score.score
 
 
-def test_opcua_instructor_freeze_keeps_server_responsive(line, tmp_path):
-    """Freeze stops plant time while the simulated PLC keeps answering reads (heartbeat, tags)."""
+def test_opcua_instructor_freeze_keeps_server_responsive(line, tmp_path, monkeypatch):
+    """Freeze stops plant time while the simulated PLC keeps answering reads (heartbeat, tags).
+    The instructor's methods need the engineer role: an anonymous call is refused."""
     from asyncua import Client, ua
 
     from opcua_server.instructor import serve_training
     from opcua_server.node_interop import free_port
 
+    monkeypatch.setenv("PILOT_OPCUA_USERS", "instructor:engineer:s3cret;trainee:operator:t")
     session = TrainingSession(line, session_id="train-opcua")
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}"
 
@@ -160,7 +162,20 @@ def test_opcua_instructor_freeze_keeps_server_responsive(line, tmp_path):
         task = asyncio.create_task(serve_training(session, endpoint, speed=200.0, stop=stop, started=started))
         await asyncio.wait_for(started.wait(), 30)
         try:
-            async with Client(endpoint, timeout=10) as c:
+            for user in (None, "trainee"):  # anonymous and operator sessions may not drive the session
+                anon = Client(endpoint, timeout=10)
+                if user:
+                    anon.set_user(user)
+                    anon.set_password("t")
+                async with anon:
+                    ns = await anon.get_namespace_index(line.opcua.namespace_uri)
+                    with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):
+                        await anon.get_node(ua.NodeId("Instructor", ns)).call_method(
+                            ua.NodeId("Instructor.Freeze", ns))
+            client = Client(endpoint, timeout=10)
+            client.set_user("instructor")
+            client.set_password("s3cret")
+            async with client as c:
                 ns = await c.get_namespace_index(line.opcua.namespace_uri)
                 inst = c.get_node(ua.NodeId("Instructor", ns))
                 t_node = c.get_node(ua.NodeId("Instructor.SessionTime", ns))
