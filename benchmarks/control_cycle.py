@@ -203,7 +203,10 @@ def whole_loop(config, args) -> None:
     p99 = np.percentile(a, 99)
     print(f"\nWhole loop (ControlLoop.step, carousel included, all loops auto), {args.ticks} ticks at {args.period:g} s")
     print(f"  total   p50 {np.percentile(a, 50):7.2f} ms   p99 {p99:7.2f} ms   max {a.max():7.2f} ms   "
-          f"goal p99 < {GOAL_S * 1e3:.0f} ms: {'met' if p99 < GOAL_S * 1e3 else 'NOT met'}   held writes {held}")
+          f"goal p99 < {GOAL_S * 1e3:.0f} ms: {'met' if p99 < GOAL_S * 1e3 else 'NOT met'}")
+    print(f"  writes held by the guard: {held} (the twin's sensors scan every {config.simulation.sync_step_s:g} s, "
+          f"so at a {args.period:g} s period most ticks see inputs older than the stale limit; the whole "
+          "tick is computed either way)")
 
 
 def report(totals, timing, held, args) -> None:
