@@ -138,7 +138,7 @@ class ControlLoop:
         self.units = self._build(config, estimator)
         cascade = next((u for u in self.units if u.name == "cascade"), None)
         self.feed_ratio_design = _feed_ratio(cascade.ekf.model) if cascade else None
-        self.anomalies = AnomalyChecks(config.control.alarms, anomaly, self.feed_ratio_design)
+        self.anomalies = AnomalyChecks(config.control.alarms, anomaly, self.feed_ratio_design, config.tags)
         if self.anomalies.unknown_ids:
             log.warning("external alarms without a condition in the loop (kept frozen): %s",
                         self.anomalies.unknown_ids)
@@ -203,7 +203,9 @@ class ControlLoop:
                 hold.update({tag: f"MPC held: {res.held_reason}" for tag in moves})
         g = self.guard.step(proposals, snapshot, t, hold=hold)
         published = self._published(estimates)
-        conditions = self.anomalies.step(snapshot, t, published)
+        nis = {k: v for est in estimates.values() for k, v in est.nis.items()}
+        innovations = {k: v for est in estimates.values() for k, v in est.innovations.items()}
+        conditions = self.anomalies.step(snapshot, t, published, nis, innovations)
         a = self.alarms.step(snapshot, t, conditions)
         applied = {**g.advisory, **g.to_write}
         self._applied = {k: v for k, v in g.to_write.items() if k in proposals}

@@ -10,6 +10,9 @@ boolean the caller hands in. The loop computes those booleans here, by alarm id:
 | ``SX.KEX.LO`` | estimated extractant activity ``SX.KEX.EST`` (factor on Kex) below ``kex_low`` | 0.9 |
 | ``SX.FEED.RATIO`` | estimated feed Dy/Tb ratio ``SX.FEED.DY_TB.EST`` off its design value by more than ``feed_ratio_rel`` | ±15 % |
 | ``ADS.COL<k>.CAPACITY.LO`` | carousel estimator's capacity factor of column k below ``capacity_low`` (when the carousel estimator publishes ``ADS.COL<k>.CAPACITY.EST``) | 0.8 |
+| ``<TAG>.STUCK`` | frozen transmitter: the SD of the last ``stuck_window`` fresh samples of ``<TAG>`` below ``stuck_floor`` × its configured ``noise_sd`` (a live transmitter always shows its noise; the plant clock moving is the reference of ``anomaly.StuckSensorDetector``) | 10 samples, 0.1 |
+| ``<TAG>.INNOV`` | estimator inconsistency: the sum of the NIS of the last ``innov_window`` samples of ``<TAG>`` the estimator screened exceeds the χ² quantile of that many degrees of freedom at ``1 − innov_alpha`` (``anomaly.chi_square_test`` on the stacked normalised innovations) | 10, 1e-3 |
+| ``<TAG>.DRIFT`` | slow bias between sensor and model: two-sided CUSUM (``anomaly.Cusum``, target 0, σ 1) on the normalised innovations z = sign(ν)·√NIS of ``<TAG>``; latched until the CUSUM of the opposite sign fires or ``drift_clear_samples`` pass without an alarm | k 0.25, h 10 |
 
 An id the loop cannot evaluate keeps its condition (the manager freezes external alarms absent
 from ``conditions``); ``unknown_ids`` lists them so the caller can say so once.
@@ -19,16 +22,19 @@ wandering about its limit cannot chatter.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 from pydantic import Field
 
 from pilot_config.base import StrictModel
 from pilot_config.control import AlarmsConfig
 from twin.signals import Quality, Snapshot
 
-from .anomaly import PredictedAlarm
+from .anomaly import Cusum, PredictedAlarm, StuckSensorDetector, chi_square_test
 
 _EST_RULES = (
     (re.compile(r"^(?P<p>CELL\d+)\.CE\.LO$"), "{p}.CE.EST", "ce_low_pct", "low"),
@@ -45,14 +51,26 @@ class AnomalyConfig(StrictModel):
     feed_ratio_rel: float = Field(0.15, gt=0, le=10, description="relative deviation of the feed Dy/Tb ratio")
     capacity_low: float = Field(0.8, gt=0, le=2, description="adsorbent capacity factor estimate")
     deadband: float = Field(0.03, ge=0, le=1, description="hysteresis, fraction of the threshold")
+    stuck_window: int = Field(10, ge=3, le=1000, description="fresh samples a frozen transmitter must repeat")
+    stuck_floor: float = Field(0.1, gt=0, lt=1, description="SD floor, fraction of the tag's noise_sd")
+    innov_window: int = Field(10, ge=1, le=1000, description="samples stacked in the NIS test")
+    innov_alpha: float = Field(1e-3, gt=0, lt=0.5, description="false-alarm probability of the NIS test")
+    cusum_k: float = Field(0.25, ge=0, le=5, description="CUSUM slack, in sigma")
+    cusum_h: float = Field(10.0, gt=0, le=100, description="CUSUM decision interval, in sigma")
+    drift_clear_samples: int = Field(60, ge=1, le=100000, description="samples without a CUSUM alarm that clear DRIFT")
 
 
 class AnomalyChecks:
     """External-alarm conditions from the snapshot and this tick's published estimates."""
 
     def __init__(self, alarms: AlarmsConfig, config: AnomalyConfig | None = None,
-                 feed_ratio_design: float | None = None):
+                 feed_ratio_design: float | None = None, tags: Sequence = ()):
         self.cfg = c = config or AnomalyConfig()
+        noise = {tg.name: float(getattr(tg, "noise_sd", 0.0) or 0.0) for tg in tags}
+        self.stuck: dict[str, tuple[str, StuckSensorDetector]] = {}
+        self.innov: dict[str, tuple[str, deque]] = {}
+        self.drift: dict[str, tuple[str, Cusum, list]] = {}  # id -> (tag, CUSUM, [latched, quiet samples])
+        self._nu: dict[str, float] = {}
         self.feed_ratio_design = feed_ratio_design
         limits = {a.tag: a for a in alarms.limit}
         self.predicted: dict[str, tuple[str, PredictedAlarm]] = {}
@@ -67,6 +85,8 @@ class AnomalyChecks:
                 continue
             if aid == "SX.FEED.RATIO" and feed_ratio_design:
                 continue
+            if self._signal_rule(aid, noise):
+                continue
             for rx, est, field, sense in _EST_RULES:
                 m = rx.match(aid)
                 if m:
@@ -74,6 +94,45 @@ class AnomalyChecks:
                     break
             else:
                 self.unknown_ids.append(aid)
+
+    def _signal_rule(self, aid: str, noise: Mapping[str, float]) -> bool:
+        c = self.cfg
+        tag, _, kind = aid.rpartition(".")
+        if kind == "STUCK" and noise.get(tag, 0.0) > 0:
+            self.stuck[aid] = (tag, StuckSensorDetector(noise[tag], c.stuck_window, 1e-9, c.stuck_floor))
+        elif kind == "INNOV":
+            self.innov[aid] = (tag, deque(maxlen=c.innov_window))
+        elif kind == "DRIFT":
+            self.drift[aid] = (tag, Cusum(0.0, 1.0, c.cusum_k, c.cusum_h), [False, 0])
+        else:
+            return False
+        return True
+
+    def _signals(self, snapshot: Snapshot, nis: Mapping[str, float], out: dict[str, bool]) -> None:
+        for aid, (tag, det) in self.stuck.items():
+            s = snapshot.get(tag)
+            key = f"stuck:{tag}"
+            if s is None or s.quality == Quality.BAD or s.source_time <= self._last_t.get(key, -1e300):
+                continue
+            self._last_t[key] = s.source_time
+            out[aid] = det.update(float(s.value), s.source_time).stuck
+        for aid, (tag, window) in self.innov.items():
+            if tag in nis and math.isfinite(nis[tag]):
+                window.append(math.sqrt(max(nis[tag], 0.0)))
+                if len(window) == window.maxlen:
+                    z = np.fromiter(window, float)
+                    out[aid] = chi_square_test(z, np.eye(z.size), self.cfg.innov_alpha).alarm
+        for aid, (tag, cusum, state) in self.drift.items():
+            if tag in nis and math.isfinite(nis[tag]) and tag in self._nu:
+                z = math.copysign(math.sqrt(max(nis[tag], 0.0)), self._nu[tag])
+                res = cusum.update(z)
+                if res.alarm:
+                    state[0], state[1] = True, 0
+                else:
+                    state[1] += 1
+                    if state[1] >= self.cfg.drift_clear_samples:
+                        state[0] = False
+                out[aid] = state[0]
 
     def _predicted(self, aid: str, tag: str, lim) -> bool:
         if lim is None:
@@ -98,8 +157,14 @@ class AnomalyChecks:
         self._cond[aid] = now
         return now
 
-    def step(self, snapshot: Snapshot, t: float, published: Mapping[str, float]) -> dict[str, bool]:
+    def step(self, snapshot: Snapshot, t: float, published: Mapping[str, float],
+             nis: Mapping[str, float] | None = None, innovations: Mapping[str, float] | None = None
+             ) -> dict[str, bool]:
+        """Conditions by alarm id. ``nis`` / ``innovations``: tag -> NIS and ν of the samples the
+        estimators screened this tick (the INNOV and DRIFT rules)."""
         out: dict[str, bool] = {}
+        self._nu = dict(innovations or {})
+        self._signals(snapshot, nis or {}, out)
         for aid, (tag, pred) in self.predicted.items():
             s = snapshot.get(tag)
             if s is None or s.quality == Quality.BAD or s.source_time <= self._last_t.get(tag, -1e300):

@@ -254,5 +254,10 @@ def test_shipped_config_quiet_in_normal_operation(line):
         assert g.to_write == {} and set(g.advisory) == {"CELL1.CURRENT_SP", "SX.ORG.FLOW_SP"}
         assert g.held == {"CELL1.TAP_SP": "loop <default> in manual"}
     assert mgr.journal == [] and r.metrics.total_activations == 0 and r.active == ()
-    # 34 limit + 2 discrete + 17 bad PV + 10 external (the loop's model-based alarms, docs/control_loop.md)
-    assert len(mgr.defs) == 63
+    # one alarm per configured limit, per discrete tag, per external id, and one BADPV per tag
+    # with a limit or discrete alarm (the external ones are the loop's, docs/control_loop.md)
+    a = control.alarms
+    n_limits = sum(sum(getattr(x, f) is not None for f in ("hh_eng", "h_eng", "l_eng", "ll_eng")) for x in a.limit)
+    n_badpv = len({x.tag for x in a.limit} | {x.tag for x in a.discrete})
+    assert len(mgr.defs) == n_limits + len(a.discrete) + n_badpv + len(a.external)
+    assert len(a.external) >= 20 and n_limits >= 30
