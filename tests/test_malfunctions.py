@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from controllers.alarms import AlarmManager, AlarmState
+from controllers.loop_anomaly import AnomalyChecks
 from pilot_config import load_config
 from twin.malfunctions import Malfunction, inject
 from twin.plant import TwinPlant
@@ -25,6 +26,7 @@ def run(line, faults, hours, tags, seed=0):
     for m in faults:
         inject(plant, m)
     alarms = AlarmManager(line.control.alarms, line.tags)
+    checks = AnomalyChecks(line.control.alarms, tags=line.tags)  # the loop's signal-based conditions
     traces = {n: [] for n in tags}
     raised: dict[str, float] = {}
     for _ in range(int(hours * 60)):
@@ -32,7 +34,7 @@ def run(line, faults, hours, tags, seed=0):
         snap = plant.snapshot()
         for n in tags:
             traces[n].append(snap[n].value)
-        for e in alarms.step(snap, plant.t).transitions:
+        for e in alarms.step(snap, plant.t, checks.step(snap, plant.t, {})).transitions:
             if e.to_state == AlarmState.UNACK_ACTIVE:
                 raised.setdefault(e.alarm_id, plant.t)
     return {n: np.array(v) for n, v in traces.items()}, raised, plant
@@ -113,6 +115,7 @@ def test_signal_faults(line):
     tr, raised, plant = run(line, faults, 2.0, ["CELL1.TEMP", "CELL2.TEMP", "ADS.COL1.DP", "TANK.LEVEL"])
     frozen = tr["CELL1.TEMP"][30:]
     assert np.all(frozen == frozen[0]) and np.std(tr["CELL1.TEMP"][:29]) > 0.1
+    assert 1800 < raised["CELL1.TEMP.STUCK"] <= 1800 + 11 * 60  # ten fresh samples without noise
     assert plant.signal("cell2.temperature") > 540 and tr["CELL2.TEMP"][-1] < 480
     assert "CELL2.TEMP.LO" in raised and "CELL2.TEMP.LL" in raised
     assert np.std(tr["ADS.COL1.DP"][31:50]) > 10 * np.std(tr["ADS.COL1.DP"][:29])

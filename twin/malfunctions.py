@@ -19,7 +19,7 @@ applies it to the step that follows (so a fault acts on the synchronisation grid
 | ``heater_failure`` | cell name | heater power available × (1 − sℓ) | heater power low, melt temperature falls |
 | ``electrolyte_contamination`` | cell name | current efficiency ceiling η_max × (1 − sℓ) | salt make-up (deposition) falls |
 | ``pump_trip`` | a writable pump tag (``SX.ORG.FLOW_SP``) | the pump's flow × (1 − sℓ), writes to it refused while tripped | flow to zero |
-| ``frozen_value`` | tag | the reading stops at its value at onset (quality stays GOOD) | a flat line |
+| ``frozen_value`` | tag | the reading stops at its value at onset (quality stays GOOD) | a flat line; ``<TAG>.STUCK`` where configured |
 | ``drift`` | tag | reading + s·ℓ (tag units: s is the full drift) | a slow offset |
 | ``noise_burst`` | tag | reading + N(0, (sℓ)²) (tag units) | a noisy trace |
 | ``bad_status`` | tag | quality BAD | <TAG>.BADPV |
