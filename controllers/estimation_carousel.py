@@ -67,12 +67,8 @@ from pilot_config.base import (
     StrictModel,
 )
 from twin import adsorption as ads
-from twin.adsorption_linalg import BandLayout
-from twin.adsorption_solver import rodas3_for
-from twin.adsorption_support import OUTLETS, JacobianPattern
 from twin.integrate import advance
 from twin.signals import Quality, Sample
-from twin.unit import index_map
 
 from .estimation import EstimateResult
 
@@ -109,40 +105,10 @@ class CarouselEstimatorConfig(StrictModel):
 
 # -- the shadow model -----------------------------------------------------------------------
 class ShadowCarousel(ads.AdsorptionCarousel):
-    """``AdsorptionCarousel`` over the HREE only (the base class takes the species from
-    ``SPECIES``; everything but the layout built here derives from ``ns``)."""
+    """The twin's ``AdsorptionCarousel`` over the HREE only (with ``shadow_params``)."""
 
     def __init__(self, name: str, p: ads.AdsorptionParams, species: tuple[str, ...] = HREE):
-        self.name, self.species = name, species
-        self.ns = ns = len(species)
-        self.nc, self.nf = ns + 1, 2 * ns + 1
-        self.n_columns, self.n_cells = nc_, n = p.n_columns, p.n_cells
-        comps = (*species, "H")
-        bed = [f"col{k}.cell{j}.{ph}.{c}" for k in range(1, nc_ + 1) for j in range(1, n + 1)
-               for ph, cs in (("c", comps), ("q", species)) for c in cs]
-        cum = [f"cum_{o}_{c}" for o in OUTLETS for c in (*comps, "volume")]
-        self.n_bed = len(bed)
-        self.state_names = (*bed, *cum)
-        self.input_names = (*(f"role_{k}" for k in range(1, nc_ + 1)), "feed_flow",
-                            *(f"feed_{s}" for s in species), "feed_H", "wash_flow", "wash_H",
-                            "eluent_flow", "eluent_H", "regen_flow", "regen_H")
-        outs = []
-        for k in range(1, nc_ + 1):
-            outs += [f"col{k}.{n_}" for n_ in ("role", "flow", "dp", "loading_fraction", "front_position")]
-            outs += [f"col{k}.outlet.{c}" for c in comps]
-        for o in OUTLETS:
-            outs += [f"{o}.flow", *(f"{o}.{c}" for c in comps)]
-        outs.append("lag_breakthrough")
-        self.output_names = tuple(outs)
-        self.state_index, self.input_index = index_map(self.state_names), index_map(self.input_names)
-        self.output_index = index_map(self.output_names)
-        self._feed = slice(nc_ + 1, nc_ + 2 + ns)
-        self._hree = np.array([species.index(s) for s in HREE])
-        self._pattern = JacobianPattern(nc_, n, ns, len(cum))
-        self._band = BandLayout(nc_, n, self.nc)
-        self._route_key, self._route, self._last = None, None, None
-        self.preferred_method = rodas3_for(self)
-        self.step_hint = None
+        super().__init__(name, p, species)
 
 
 def shadow_params(line_cfg, n_cells: int, n_columns: int | None = None,

@@ -166,20 +166,22 @@ def offline_phases(p: AdsorptionParams) -> tuple[tuple[int, float], ...]:
 class AdsorptionCarousel:
     """The carousel as a Unit of (t, x, u, p); see the module docstring for the equations."""
 
-    def __init__(self, name: str, p: AdsorptionParams):
+    def __init__(self, name: str, p: AdsorptionParams, species: tuple[str, ...] = SPECIES):
+        """``species``: the adsorbing species modelled (the twin: all of ``SPECIES``; the
+        carousel estimator's shadow: the HREE only, with ``p`` reduced to match)."""
         self.name = name
-        self.species = SPECIES
-        self.ns = ns = len(SPECIES)
+        self.species = species
+        self.ns = ns = len(species)
         self.nc, self.nf = ns + 1, 2 * ns + 1  # liquid components (species + H); per cell
         self.n_columns, self.n_cells = nc_, n = p.n_columns, p.n_cells
-        comps = (*SPECIES, "H")
+        comps = (*species, "H")
         bed = [f"col{k}.cell{j}.{ph}.{c}" for k in range(1, nc_ + 1) for j in range(1, n + 1)
-               for ph, cs in (("c", comps), ("q", SPECIES)) for c in cs]
+               for ph, cs in (("c", comps), ("q", species)) for c in cs]
         cum = [f"cum_{o}_{c}" for o in OUTLETS for c in (*comps, "volume")]
         self.n_bed = len(bed)
         self.state_names = (*bed, *cum)
         self.input_names = (*(f"role_{k}" for k in range(1, nc_ + 1)), "feed_flow",
-                            *(f"feed_{s}" for s in SPECIES), "feed_H", "wash_flow", "wash_H",
+                            *(f"feed_{s}" for s in species), "feed_H", "wash_flow", "wash_H",
                             "eluent_flow", "eluent_H", "regen_flow", "regen_H")
         outs = []
         for k in range(1, nc_ + 1):
@@ -193,7 +195,7 @@ class AdsorptionCarousel:
         self.input_index = index_map(self.input_names)
         self.output_index = index_map(self.output_names)
         self._feed = slice(nc_ + 1, nc_ + 2 + ns)  # feed species + H
-        self._hree = np.array([SPECIES.index(s) for s in HREE])
+        self._hree = np.array([species.index(s) for s in HREE])
         self._pattern = JacobianPattern(nc_, n, ns, len(cum))
         self._band = BandLayout(nc_, n, self.nc)
         self._route_key: bytes | None = None
