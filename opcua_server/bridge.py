@@ -416,6 +416,20 @@ class OpcUaBridge:
         accepted = await self._send(todo, refused)
         return WriteResult(tuple(accepted), refused)
 
+    async def kick_watchdog(self, counter: int, node: str = "Diagnostics.ClientWatchdog") -> bool:
+        """Write the supervising client's watchdog counter (UInt32, no timestamps) to the PLC's
+        watchdog variable, by string id in the config's namespace. False when the link is down or
+        the server refused it (no such variable, role too low); never raises for that."""
+        if not self.connected or self._client is None:
+            return False
+        wv = ua.WriteValue(NodeId=ua.NodeId(node, self._ns), AttributeId=ua.AttributeIds.Value,
+                           Value=ua.DataValue(ua.Variant(int(counter) & 0xFFFFFFFF, ua.VariantType.UInt32)))
+        try:
+            params = ua.WriteParameters(NodesToWrite=[wv])
+            return (await self._client.uaclient.write(params))[0].is_good()
+        except Exception:  # a watchdog write must never take the loop down
+            return False
+
     def _precheck(self, name: str, value: float) -> str | None:
         e = self.tagmap.entries.get(name)
         if e is None:

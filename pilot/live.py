@@ -177,6 +177,9 @@ def _recorders(recorder, out_dir: Path | None):
     return make_recorder(settings, out_dir).start(), True, annotations
 
 
+WATCHDOG_KICK_S = 1.0  # wall seconds between writes of the PLC's client watchdog (it expires after 10 s)
+
+
 async def run_live(config, url: str, *, mode: str = "advisory", duration_s: float | None = None,
                    out_dir: Path | None = None, session: str = "live", target: str = "live",
                    operator_endpoint: str | None = DEFAULT_OPERATOR_ENDPOINT, recorder=None,
@@ -202,11 +205,15 @@ async def run_live(config, url: str, *, mode: str = "advisory", duration_s: floa
             await operator.start()
         async with bridge:
             t_start, next_t = None, -math.inf
+            last_kick, kicks, kicks_ok = -math.inf, 0, 0
             while not stop.is_set():
                 await asyncio.sleep(poll_s)
                 if not bridge.connected:
                     continue
                 snap = await bridge.read()
+                if time.monotonic() - last_kick >= WATCHDOG_KICK_S:  # the PLC sees the supervisor alive
+                    last_kick, kicks = time.monotonic(), kicks + 1
+                    kicks_ok += await bridge.kick_watchdog(kicks)
                 if recorder is not None:  # every new sample, not only those of control ticks
                     recorder.record_many(process_points(fresh(snap), units, loop.session))
                 t = plant_time(snap)
@@ -245,7 +252,9 @@ async def run_live(config, url: str, *, mode: str = "advisory", duration_s: floa
     t_end = last.t if last else 0.0
     summary = {"plc": url, "session": session, "target": target, "control": stats.summary(loop, t_end),
                "refused_writes": [{"t": t, "tag": tag, "value": v, "reason": r} for t, tag, v, r in refused_log],
-               "bridge": {"reconnects": bridge.stats.reconnects}, "wall_clock_end": time.time()}
+               "bridge": {"reconnects": bridge.stats.reconnects, "watchdog_writes": kicks,
+                          "watchdog_writes_accepted": kicks_ok},
+               "wall_clock_end": time.time()}
     path = None
     if out_dir is not None:
         path = out_dir / "summary.json"

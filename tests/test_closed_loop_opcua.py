@@ -101,6 +101,8 @@ def test_run_live_against_plc_sim_writes_and_reads_back(config, plc, tmp_path):
     # the run's record: summary and the embedded historian with estimates and decisions
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["control"]["ticks"] == res.ticks and summary["refused_writes"] == []
+    # the PLC's client watchdog was written every wall second while the loop ran (10x: ~60 s)
+    assert summary["bridge"]["watchdog_writes_accepted"] == summary["bridge"]["watchdog_writes"] >= 30
     tags = set(list_tags(history_path(tmp_path)))
     assert {"CELL1.CE.EST", "CELL1.SALT_FEED_SP.APPLIED", "MPC.extraction.SOLVE_MS", "CELL1.VOLTAGE"} <= tags
 
@@ -117,6 +119,7 @@ def test_refused_writes_are_reported_not_dropped(config, plc, tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert len(summary["refused_writes"]) == len(res.refused)
     assert summary["control"]["writes_accepted"] == 0
+    assert summary["bridge"]["watchdog_writes"] > 0 and summary["bridge"]["watchdog_writes_accepted"] == 0
     assert f"{tag}.REFUSED" in set(list_tags(history_path(tmp_path)))
 
 
