@@ -22,7 +22,11 @@ from .durations import parse_duration
 app = typer.Typer(
     help="Digital twin and control system of the Dy/Tb recovery pilot line.\n\n"
     "Start with `pilot simulate` (runs the shipped line for 24 plant-hours, no PLC or database "
-    "needed), then `pilot history DIR --tag NAME` to read a recorded series.",
+    "needed), then `pilot history DIR --tag NAME` to read a recorded series. Add `--control auto` to "
+    "run the estimators, MPC, guard and alarms with it.\n\n"
+    "Against PLCs: `pilot plc-sim` serves the twin as a simulated PLC over OPC UA; `pilot run --plc URL` "
+    "runs the control loop against it or the real PLCs; `pilot alarms` acknowledges and shelves. "
+    "Trainers: `pilot train list`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
