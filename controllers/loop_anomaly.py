@@ -12,6 +12,7 @@ boolean the caller hands in. The loop computes those booleans here, by alarm id:
 | ``ADS.COL<k>.CAPACITY.LO`` | carousel estimator's capacity factor of column k below ``capacity_low`` (when the carousel estimator publishes ``ADS.COL<k>.CAPACITY.EST``) | 0.8 |
 | ``<TAG>.STUCK`` | frozen transmitter: the SD of the last ``stuck_window`` fresh samples of ``<TAG>`` below ``stuck_floor`` × its configured ``noise_sd`` (a live transmitter always shows its noise; the plant clock moving is the reference of ``anomaly.StuckSensorDetector``) | 10 samples, 0.1 |
 | ``<TAG>.INNOV`` | estimator inconsistency: the sum of the NIS of the last ``innov_window`` samples of ``<TAG>`` the estimator screened exceeds the χ² quantile of that many degrees of freedom at ``1 − innov_alpha`` (``anomaly.chi_square_test`` on the stacked normalised innovations) | 10, 1e-3 |
+| ``<CIRCUIT>.BALANCE`` | closed circuit (in − out = 0, e.g. the organic solvent loop) whose inventory sensor is the alarm's ``tag``: the accumulation Δ over ``balance_window_s`` (means of the first and last ``balance_avg`` fresh samples) tested by ``anomaly.mass_balance_check(0, 0, Δ)`` with σ_Δ = noise_sd·√(2/balance_avg); alarm beyond ``balance_z`` σ | 30 min, 5, 6σ |
 | ``<TAG>.DRIFT`` | slow bias between sensor and model: two-sided CUSUM (``anomaly.Cusum``, target 0, σ 1) on the normalised innovations z = sign(ν)·√NIS of ``<TAG>``; latched until the CUSUM of the opposite sign fires or ``drift_clear_samples`` pass without an alarm | k 0.25, h 10 |
 
 An id the loop cannot evaluate keeps its condition (the manager freezes external alarms absent
@@ -34,7 +35,13 @@ from pilot_config.base import StrictModel
 from pilot_config.control import AlarmsConfig
 from twin.signals import Quality, Snapshot
 
-from .anomaly import Cusum, PredictedAlarm, StuckSensorDetector, chi_square_test
+from .anomaly import (
+    Cusum,
+    PredictedAlarm,
+    StuckSensorDetector,
+    chi_square_test,
+    mass_balance_check,
+)
 
 _EST_RULES = (
     (re.compile(r"^(?P<p>CELL\d+)\.CE\.LO$"), "{p}.CE.EST", "ce_low_pct", "low"),
@@ -58,6 +65,9 @@ class AnomalyConfig(StrictModel):
     cusum_k: float = Field(0.25, ge=0, le=5, description="CUSUM slack, in sigma")
     cusum_h: float = Field(10.0, gt=0, le=100, description="CUSUM decision interval, in sigma")
     drift_clear_samples: int = Field(60, ge=1, le=100000, description="samples without a CUSUM alarm that clear DRIFT")
+    balance_window_s: float = Field(1800.0, gt=0, le=86400, description="interval of the BALANCE residual")
+    balance_avg: int = Field(5, ge=1, le=1000, description="samples averaged at each end of the interval")
+    balance_z: float = Field(6.0, gt=0, le=100, description="BALANCE alarm threshold, in sigma of the residual")
 
 
 class AnomalyChecks:
@@ -71,6 +81,7 @@ class AnomalyChecks:
         self.innov: dict[str, tuple[str, deque]] = {}
         self.drift: dict[str, tuple[str, Cusum, list]] = {}  # id -> (tag, CUSUM, [latched, quiet samples])
         self._nu: dict[str, float] = {}
+        self.balance: dict[str, tuple[str, float, deque]] = {}  # id -> (tag, noise_sd, (t, value) samples)
         self.feed_ratio_design = feed_ratio_design
         limits = {a.tag: a for a in alarms.limit}
         self.predicted: dict[str, tuple[str, PredictedAlarm]] = {}
@@ -85,7 +96,7 @@ class AnomalyChecks:
                 continue
             if aid == "SX.FEED.RATIO" and feed_ratio_design:
                 continue
-            if self._signal_rule(aid, noise):
+            if self._signal_rule(aid, noise, ext.tag):
                 continue
             for rx, est, field, sense in _EST_RULES:
                 m = rx.match(aid)
@@ -95,13 +106,17 @@ class AnomalyChecks:
             else:
                 self.unknown_ids.append(aid)
 
-    def _signal_rule(self, aid: str, noise: Mapping[str, float]) -> bool:
+    def _signal_rule(self, aid: str, noise: Mapping[str, float], ext_tag: str) -> bool:
         c = self.cfg
         tag, _, kind = aid.rpartition(".")
+        if kind == "BALANCE":
+            tag = ext_tag  # <CIRCUIT>.BALANCE watches the alarm's tag, the circuit's inventory
         if kind == "STUCK" and noise.get(tag, 0.0) > 0:
             self.stuck[aid] = (tag, StuckSensorDetector(noise[tag], c.stuck_window, 1e-9, c.stuck_floor))
         elif kind == "INNOV":
             self.innov[aid] = (tag, deque(maxlen=c.innov_window))
+        elif kind == "BALANCE" and noise.get(tag, 0.0) > 0:
+            self.balance[aid] = (tag, noise[tag], deque())
         elif kind == "DRIFT":
             self.drift[aid] = (tag, Cusum(0.0, 1.0, c.cusum_k, c.cusum_h), [False, 0])
         else:
@@ -122,6 +137,13 @@ class AnomalyChecks:
                 if len(window) == window.maxlen:
                     z = np.fromiter(window, float)
                     out[aid] = chi_square_test(z, np.eye(z.size), self.cfg.innov_alpha).alarm
+        for aid, (tag, sd, samples) in self.balance.items():
+            s = snapshot.get(tag)
+            key = f"balance:{tag}"
+            if s is None or s.quality == Quality.BAD or s.source_time <= self._last_t.get(key, -1e300):
+                continue
+            self._last_t[key] = s.source_time
+            out[aid] = self._balance(samples, s.source_time, float(s.value), sd)
         for aid, (tag, cusum, state) in self.drift.items():
             if tag in nis and math.isfinite(nis[tag]) and tag in self._nu:
                 z = math.copysign(math.sqrt(max(nis[tag], 0.0)), self._nu[tag])
@@ -133,6 +155,21 @@ class AnomalyChecks:
                     if state[1] >= self.cfg.drift_clear_samples:
                         state[0] = False
                 out[aid] = state[0]
+
+    def _balance(self, samples: deque, t: float, value: float, noise_sd: float) -> bool:
+        """Closed circuit: in = out = 0, so the inventory's change over the window is the residual."""
+        c = self.cfg
+        samples.append((t, value))
+        while samples and samples[0][0] < t - c.balance_window_s - 1e-9:
+            samples.popleft()
+        k = c.balance_avg
+        if len(samples) < 2 * k or samples[-1][0] - samples[0][0] < 0.9 * c.balance_window_s:
+            return False
+        head = [v for _, v in list(samples)[:k]]
+        tail = [v for _, v in list(samples)[-k:]]
+        accumulation = sum(tail) / k - sum(head) / k
+        return mass_balance_check(0.0, 0.0, accumulation, sd_in=0.0, sd_out=0.0,
+                                  sd_accumulation=noise_sd * math.sqrt(2.0 / k), z_limit=c.balance_z).alarm
 
     def _predicted(self, aid: str, tag: str, lim) -> bool:
         if lim is None:

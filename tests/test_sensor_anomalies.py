@@ -1,8 +1,9 @@
 """Sensor and model-consistency anomalies of the control loop (controllers/loop_anomaly.py) on
-the twin with signal malfunctions: a frozen thermocouple (STUCK), a drifting thermocouple
+the twin with malfunctions: a frozen thermocouple (STUCK), a drifting thermocouple
 (CUSUM on the thermal model's innovations: DRIFT), a voltage reading off the cell model (windowed
-innovation chi-square: INNOV). Each is alarmed within a stated time and the healthy cell stays
-quiet; the nominal line raises none of them (tests/test_loop.py, tests/test_alarms.py)."""
+innovation chi-square: INNOV), organic lost from a closed circuit (BALANCE). Each is alarmed
+within a stated time and the healthy units stay quiet; the nominal line raises none of them
+(tests/test_loop.py, tests/test_alarms.py)."""
 
 from __future__ import annotations
 
@@ -57,3 +58,13 @@ def test_voltage_reading_off_the_cell_model(config):
     ], hours=1.3)
     assert 0 < first["CELL1.VOLTAGE.INNOV"] <= 25 * 60.0
     assert not [a for a in first if a.startswith("CELL2.")], first
+
+
+def test_organic_circuit_balance_catches_entrainment_before_the_level_alarm(config):
+    """Crud entrainment carries organic out with the raffinate: the closed organic circuit's
+    balance residual (SX.ORG.BALANCE) is alarmed before the inventory reaches its L limit."""
+    first = first_raised(config, [
+        Malfunction(kind="crud_entrainment", target="extraction", onset_s=ONSET_S, ramp_s=3600.0, severity=0.5),
+    ], hours=1.6)
+    assert 0 < first["SX.ORG.BALANCE"] <= 15 * 60.0
+    assert first["SX.ORG.BALANCE"] < first["SX.ORG.INVENTORY.LO"]
