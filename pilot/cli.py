@@ -17,7 +17,7 @@ from pilot_config import ConfigError, config_schema, default_config_path, load_c
 
 from .cli_historian import historian_app
 from .cli_opcua import opcua_app
-from .durations import parse_duration
+from .durations import duration_or_fail, parse_duration
 
 app = typer.Typer(
     help="Digital twin and control system of the Dy/Tb recovery pilot line.\n\n"
@@ -223,14 +223,10 @@ def plc_sim_cmd(
     """
     from .cli_opcua import plc_sim
 
-    duration_s = None
-    if duration is not None:
-        try:
-            duration_s = parse_duration(duration)
-        except ValueError as exc:
-            fail(str(exc))
-    plc_sim(config_path_or_env(config_path), endpoint, speed, duration_s=None if duration_s is None else duration_s / speed, pki=pki, security=security,
-            allow_anonymous=anonymous, seed=seed)
+    duration_s = duration_or_fail(duration, fail)
+    plc_sim(config_path_or_env(config_path), endpoint, speed,
+            duration_s=None if duration_s is None else duration_s / speed,  # plant s -> wall s
+            pki=pki, security=security, allow_anonymous=anonymous, seed=seed)
 
 
 from .cli_run import alarms_app, run_cmd  # noqa: E402  (loop helper: pilot run, pilot alarms)

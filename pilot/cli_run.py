@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .durations import parse_duration
+from .durations import duration_or_fail, parse_duration
 from .live import DEFAULT_OPERATOR_ENDPOINT, OPERATOR_NS
 
 err = Console(stderr=True)
@@ -66,12 +66,7 @@ def run_cmd(
         _fail(f"--mode must be manual, advisory or auto (got {mode!r})")
     if session not in ("live", "training", "standalone"):
         _fail(f"--session must be live, training or standalone (got {session!r})")
-    duration_s = None
-    if duration is not None:
-        try:
-            duration_s = parse_duration(duration)
-        except ValueError as exc:
-            _fail(str(exc))
+    duration_s = duration_or_fail(duration, _fail)
     config = load_or_fail(config_path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .durations import parse_duration
+from .durations import duration_or_fail
 
 err = Console(stderr=True)
 out = Console()
@@ -38,11 +38,7 @@ def _speed(text: str) -> float | None:
 
 
 def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        _fail(str(exc))
-        raise
+    return duration_or_fail(text, _fail)
 
 
 def _scenario(name: str):

@@ -27,3 +27,15 @@ def parse_duration(text: str) -> float:
     if not (0 < value <= MAX_DURATION_S):
         raise ValueError(f"duration {text!r} is impossible: use {allowed}")
     return value
+
+
+def duration_or_fail(text: str | None, fail) -> float | None:
+    """For the CLI: None stays None; a duration that cannot be read ends through ``fail(message)``
+    (which exits)."""
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        fail(str(exc))
+        raise  # fail() exits; this line is for type checkers
