@@ -85,7 +85,7 @@ class _Def:
 
 def _definitions(cfg: AlarmsConfig, tags: Mapping[str, Tag]) -> list[_Def]:
     def unit_of(tag: str, given: str | None) -> str:
-        return given or tags[tag].signal.split(".", 1)[0]
+        return given or tags[tag].plant_unit
 
     out: list[_Def] = []
     for a in cfg.limit:

@@ -194,7 +194,7 @@ async def run_live(config, url: str, *, mode: str = "advisory", duration_s: floa
     modes = {lp.name: mode for lp in config.control.guard.loops}
     loop = ControlLoop(config, target=target, session=session, modes=modes, **loop_options)
     recorder, own_recorder, annotations = _recorders(recorder, out_dir)
-    units = {t.name: t.signal.split(".", 1)[0] for t in config.tags}
+    units = {t.name: t.plant_unit for t in config.tags}
     stats, refused_log = LoopStats(), []
     fresh, stop = FreshSamples(), stop or asyncio.Event()
     operator = OperatorServer(loop, operator_endpoint) if operator_endpoint else None

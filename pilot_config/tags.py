@@ -97,6 +97,11 @@ class Tag(StrictModel):
     def writable(self) -> bool:
         return self.kind in WRITABLE_KINDS
 
+    @property
+    def plant_unit(self) -> str:
+        """The plant unit (flowsheet block) the tag belongs to: the first part of its signal."""
+        return self.signal.split(".", 1)[0]
+
     @model_validator(mode="after")
     def _check(self) -> "Tag":
         if not self.high > self.low:

@@ -107,7 +107,7 @@ class TwinPlant:
         return self.tags.write(values)
 
     def unit_of(self, tag_name: str) -> str:
-        return self.tags.bound[tag_name].tag.signal.split(".", 1)[0]
+        return self.tags.bound[tag_name].tag.plant_unit
 
     def signal(self, name: str) -> float:
         """A twin signal (SI), measured or not: for plots, KPIs and tests."""

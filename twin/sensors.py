@@ -48,7 +48,7 @@ def bind_tags(tags: list[Tag], flowsheet: Flowsheet) -> dict[str, BoundTag]:
             block, kind, index = flowsheet.resolve(tag.signal, prefer_input=tag.writable)
         except KeyError:
             known = known or flowsheet.signal_names()
-            head = tag.signal.split(".")[0]
+            head = tag.plant_unit
             near = [s for s in known if s.startswith(head + ".")][:8]
             problems.append(
                 f"tags[{i}] ({tag.name}): unknown signal {tag.signal!r}"

@@ -25,15 +25,10 @@ from . import model as m
 MEASURED = ("sensor", "analyser", "status")
 
 
-def tag_unit(tag) -> str:
-    """The plant unit of a tag (first part of its twin signal), as ``TwinPlant.unit_of``."""
-    return tag.signal.split(".", 1)[0]
-
-
 def _by_unit(config) -> dict[str, list]:
     out: dict[str, list] = defaultdict(list)
     for t in config.tags:
-        out[tag_unit(t)].append(t)
+        out[t.plant_unit].append(t)
     return dict(out)
 
 
@@ -90,7 +85,7 @@ def _grafana_unit(unit: str) -> str:
 # -- unit dashboards -------------------------------------------------------------------------
 def adsorption(config) -> dict:
     tags = _by_unit(config).get("adsorption", []) + [t for t in config.tags if t.name.startswith("ADS.")
-                                                    and tag_unit(t) != "adsorption"]
+                                                    and t.plant_unit != "adsorption"]
     cols = sorted({t.name.split(".")[1] for t in tags if t.name.startswith("ADS.COL")})
     panels = [m.row("loading fronts and breakthrough")]
     for col in cols:

@@ -30,10 +30,6 @@ from .schema import (
 )
 
 
-def _unit(tag) -> str:
-    return tag.signal.split(".", 1)[0]
-
-
 class LimitAlarms:
     """HI/LO alarms in the outer 5 % of a sensor's range, cleared inside 10 %."""
 
@@ -53,10 +49,10 @@ class LimitAlarms:
                     (tag.name + ".LO", v < tag.low + 0.05 * span, v > tag.low + 0.10 * span)):
                 if raise_ and name not in self.active:
                     self.active.add(name)
-                    out.append(alarm_point(name, _unit(tag), True, t))
+                    out.append(alarm_point(name, tag.plant_unit, True, t))
                 elif clear and name in self.active:
                     self.active.discard(name)
-                    out.append(alarm_point(name, _unit(tag), False, t))
+                    out.append(alarm_point(name, tag.plant_unit, False, t))
         return out
 
 
@@ -69,7 +65,7 @@ def simulated_run(config, duration_s: float, *, epoch_s: float = 0.0, seed: int 
     plant = TwinPlant(config, seed=seed, epoch_s=epoch_s)
     step = step_s or config.simulation.record_period_s
     tags = {t.name: t for t in config.tags}
-    units = {name: _unit(t) for name, t in tags.items()}
+    units = {name: t.plant_unit for name, t in tags.items()}
     fresh, alarms = FreshSamples(), LimitAlarms(config.tags)
     tick, solve_s = 0, 0.0
     while True:
@@ -113,8 +109,8 @@ def _decisions(tags, snap, now, solve_s, held) -> list[Point]:
     by_unit: dict[str, dict[str, float]] = {}
     for name, s in snap.items():
         tag = tags[name]
-        if tag.writable and _unit(tag) != "plc" and math.isfinite(s.value):
-            by_unit.setdefault(_unit(tag), {})[name] = s.value
+        if tag.writable and tag.plant_unit != "plc" and math.isfinite(s.value):
+            by_unit.setdefault(tag.plant_unit, {})[name] = s.value
     out = []
     for unit, proposed in by_unit.items():
         applied = {n: min(max(v, tags[n].low), tags[n].high) for n, v in proposed.items()}

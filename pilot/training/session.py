@@ -136,7 +136,7 @@ class TrainingSession:
         self.autosnapshots: list[SessionSnapshot] = []
         self.pacer = Pacer(self.tc.default_speed)
         self.listeners: list[Callable[[TrainingSession, Tick], None]] = []
-        self.units = {t.name: t.signal.split(".", 1)[0] for t in config.tags}
+        self.units = {t.name: t.plant_unit for t in config.tags}
         self.last: Tick | None = None
         self._tick_alarms()
 
