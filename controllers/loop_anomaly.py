@@ -33,7 +33,7 @@ from pydantic import Field
 
 from pilot_config.base import StrictModel
 from pilot_config.control import AlarmsConfig
-from twin.signals import Quality, Snapshot
+from twin.signals import Quality, Sample, Snapshot
 
 from .anomaly import (
     Cusum,
@@ -80,7 +80,6 @@ class AnomalyChecks:
         self.stuck: dict[str, tuple[str, StuckSensorDetector]] = {}
         self.innov: dict[str, tuple[str, deque]] = {}
         self.drift: dict[str, tuple[str, Cusum, list]] = {}  # id -> (tag, CUSUM, [latched, quiet samples])
-        self._nu: dict[str, float] = {}
         self.balance: dict[str, tuple[str, float, deque]] = {}  # id -> (tag, noise_sd, (t, value) samples)
         self.feed_ratio_design = feed_ratio_design
         limits = {a.tag: a for a in alarms.limit}
@@ -88,7 +87,7 @@ class AnomalyChecks:
         self.estimate: dict[str, tuple[str, str, float]] = {}  # id -> (est tag, sense, threshold)
         self.unknown_ids: list[str] = []
         self._cond: dict[str, bool] = {}
-        self._last_t: dict[str, float] = {}
+        self._last_t: dict[str, float] = {}  # rule id -> source time of the last sample it used
         self.ids = {ext.id for ext in alarms.external}
         for ext in alarms.external:
             aid = ext.id
@@ -123,14 +122,19 @@ class AnomalyChecks:
             return False
         return True
 
-    def _signals(self, snapshot: Snapshot, nis: Mapping[str, float], out: dict[str, bool]) -> None:
+    def _fresh(self, snapshot: Snapshot, aid: str, tag: str) -> Sample | None:
+        """``tag``'s sample if it is usable (not BAD) and newer than the last one rule ``aid`` saw."""
+        s = snapshot.get(tag)
+        if s is None or s.quality == Quality.BAD or s.source_time <= self._last_t.get(aid, -math.inf):
+            return None
+        self._last_t[aid] = s.source_time
+        return s
+
+    def _signals(self, snapshot: Snapshot, nis: Mapping[str, float], nu: Mapping[str, float],
+                 out: dict[str, bool]) -> None:
         for aid, (tag, det) in self.stuck.items():
-            s = snapshot.get(tag)
-            key = f"stuck:{tag}"
-            if s is None or s.quality == Quality.BAD or s.source_time <= self._last_t.get(key, -1e300):
-                continue
-            self._last_t[key] = s.source_time
-            out[aid] = det.update(float(s.value), s.source_time).stuck
+            if (s := self._fresh(snapshot, aid, tag)) is not None:
+                out[aid] = det.update(float(s.value), s.source_time).stuck
         for aid, (tag, window) in self.innov.items():
             if tag in nis and math.isfinite(nis[tag]):
                 window.append(math.sqrt(max(nis[tag], 0.0)))
@@ -138,15 +142,11 @@ class AnomalyChecks:
                     z = np.fromiter(window, float)
                     out[aid] = chi_square_test(z, np.eye(z.size), self.cfg.innov_alpha).alarm
         for aid, (tag, sd, samples) in self.balance.items():
-            s = snapshot.get(tag)
-            key = f"balance:{tag}"
-            if s is None or s.quality == Quality.BAD or s.source_time <= self._last_t.get(key, -1e300):
-                continue
-            self._last_t[key] = s.source_time
-            out[aid] = self._balance(samples, s.source_time, float(s.value), sd)
+            if (s := self._fresh(snapshot, aid, tag)) is not None:
+                out[aid] = self._balance(samples, s.source_time, float(s.value), sd)
         for aid, (tag, cusum, state) in self.drift.items():
-            if tag in nis and math.isfinite(nis[tag]) and tag in self._nu:
-                z = math.copysign(math.sqrt(max(nis[tag], 0.0)), self._nu[tag])
+            if tag in nis and math.isfinite(nis[tag]) and tag in nu:
+                z = math.copysign(math.sqrt(max(nis[tag], 0.0)), nu[tag])
                 res = cusum.update(z)
                 if res.alarm:
                     state[0], state[1] = True, 0
@@ -165,9 +165,8 @@ class AnomalyChecks:
         k = c.balance_avg
         if len(samples) < 2 * k or samples[-1][0] - samples[0][0] < 0.9 * c.balance_window_s:
             return False
-        head = [v for _, v in list(samples)[:k]]
-        tail = [v for _, v in list(samples)[-k:]]
-        accumulation = sum(tail) / k - sum(head) / k
+        values = [v for _, v in samples]
+        accumulation = (sum(values[-k:]) - sum(values[:k])) / k
         return mass_balance_check(0.0, 0.0, accumulation, sd_in=0.0, sd_out=0.0,
                                   sd_accumulation=noise_sd * math.sqrt(2.0 / k), z_limit=c.balance_z).alarm
 
@@ -200,14 +199,10 @@ class AnomalyChecks:
         """Conditions by alarm id. ``nis`` / ``innovations``: tag -> NIS and ν of the samples the
         estimators screened this tick (the INNOV and DRIFT rules)."""
         out: dict[str, bool] = {}
-        self._nu = dict(innovations or {})
-        self._signals(snapshot, nis or {}, out)
+        self._signals(snapshot, nis or {}, innovations or {}, out)
         for aid, (tag, pred) in self.predicted.items():
-            s = snapshot.get(tag)
-            if s is None or s.quality == Quality.BAD or s.source_time <= self._last_t.get(tag, -1e300):
-                continue
-            self._last_t[tag] = s.source_time
-            out[aid] = pred.update(s.source_time, s.value).alarm
+            if (s := self._fresh(snapshot, aid, tag)) is not None:
+                out[aid] = pred.update(s.source_time, s.value).alarm
         for aid, (est, sense, threshold) in self.estimate.items():
             if est in published:
                 out[aid] = self._hysteresis(aid, published[est], sense, threshold)
