@@ -181,10 +181,10 @@ def main() -> None:
 def whole_loop(config, args) -> None:
     """The production tick, ``ControlLoop.step``: every estimator (cells, cascade, carousel), every
     MPC, the guard, the alarms and anomaly checks, all loops in auto, writes applied to the twin."""
-    from controllers.loop import ControlLoop
+    from controllers.loop import ControlLoop, every_loop
 
     plant = TwinPlant(config)
-    modes = {lp.name: "auto" for lp in config.control.guard.loops}
+    modes = every_loop(config, "auto")
     warm = ControlLoop(config, target="twin", session="standalone", modes=modes, control_period_s=60.0)
     while plant.t < args.warm_h * 3600:
         plant.advance(60.0)

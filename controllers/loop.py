@@ -19,8 +19,8 @@ Per tick, in this order:
 6. historian points: estimates, decisions (proposed / applied / solve time / held / cost), alarm
    transitions (``pilot.historian.schema`` builders).
 
-Units: ``cell<k>`` (one per electrolysis cell), ``cascade`` and, when the carousel estimator and
-MPC modules are present, ``carousel``; the guard loop names in the YAML are the unit names.
+Units: ``cell<k>`` (one per electrolysis cell), ``cascade`` and (unless ``carousel=False``)
+``carousel``; the guard loop names in the YAML are the unit names.
 
 MPC deadline: ``mpc_deadline_s="period"`` (default) gives each MPC 0.2 × the control period
 (linearisation + QP), a float sets it, ``None`` disables it.
@@ -44,6 +44,8 @@ from pilot.historian.schema import alarm_point, decision_points, estimate_points
 from pilot_config.base import MOLAR_MASS_G_PER_MOL
 from twin.signals import Sample, Snapshot, WriteResult
 
+from . import estimation_carousel as ec
+from . import mpc_carousel as mc
 from .alarms import AlarmManager
 from .alarms_support import ActiveAlarm, AlarmState, JournalEntry
 from .estimation import EstimateResult, EstimatorConfig
@@ -55,7 +57,7 @@ from .mpc import MpcResult
 from .mpc_cascade import CascadeMpc, CascadeMpcConfig
 from .mpc_cell import CellMpc, CellMpcConfig
 
-__all__ = ["NO_DEADLINE_S", "ControlLoop", "TickResult", "UnitController"]
+__all__ = ["NO_DEADLINE_S", "ControlLoop", "TickResult", "UnitController", "every_loop"]
 log = logging.getLogger(__name__)
 NO_DEADLINE_S = 60.0  # the MPC configs' largest deadline: "disabled" on any realistic period
 DEADLINE_FRACTION = 0.2  # default deadline of each MPC solve: this fraction of the control period
@@ -161,10 +163,8 @@ class ControlLoop:
         units.append(UnitController("cascade", ekf, CascadeMpc(ekf.model, config.tags, self.cascade_mpc_cfg),
                                     "extraction"))
         # the carousel keeps its own deadline (its slow cadence) unless the loop disables deadlines
-        carousel = _carousel(config, NO_DEADLINE_S if self.deadline_s >= NO_DEADLINE_S else None) \
-            if self.with_carousel else None
-        if carousel is not None:
-            units.append(carousel)
+        if self.with_carousel:
+            units.append(_carousel(config, NO_DEADLINE_S if self.deadline_s >= NO_DEADLINE_S else None))
         for u in units:
             self._engineered_limits(u.mpc)
         return units
@@ -266,6 +266,11 @@ class ControlLoop:
         return pts
 
 
+def every_loop(config, mode: str) -> dict[str, str]:
+    """``modes`` for ``ControlLoop``: every loop of ``control.guard.loops`` in ``mode``."""
+    return {lp.name: mode for lp in config.control.guard.loops}
+
+
 def _rebased(snapshot: Snapshot, t0: float) -> dict[str, Sample]:
     """The snapshot with source times counted from ``t0`` (live times are Unix seconds, ~1.8e9:
     an ODE integrated over [t, t + 60] at that magnitude loses its step-size resolution)."""
@@ -282,14 +287,9 @@ def _feed_ratio(model) -> float | None:
     return float(dy / tb) if tb > 0 else None
 
 
-def _carousel(config, deadline_s: float | None) -> UnitController | None:
+def _carousel(config, deadline_s: float | None) -> UnitController:
     """The carousel's shadow estimator and its MPC (feed flow, switch limit); ``deadline_s`` None:
     the carousel MPC's own deadline."""
-    try:
-        from . import estimation_carousel as ec
-        from . import mpc_carousel as mc
-    except ImportError:  # pragma: no cover - present since the carousel helper landed
-        return None
     mpc_cfg = mc.CarouselMpcConfig() if deadline_s is None else mc.CarouselMpcConfig(deadline_s=deadline_s)
     ekf = ec.CarouselEstimator(config, start=config.simulation.start)
     return UnitController("carousel", ekf, mc.CarouselMpc(config, mpc_cfg), "adsorption",

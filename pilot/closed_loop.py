@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from controllers.loop import ControlLoop, TickResult
+from controllers.loop import ControlLoop, TickResult, every_loop
 from twin.signals import WriteResult
 
 from .historian.base import Point
@@ -77,8 +77,8 @@ class ClosedLoop:
     """The loop beside an in-process ``TwinPlant``; every loop of the config in ``mode``."""
 
     def __init__(self, config, mode: str, **loop_options):
-        modes = {lp.name: mode for lp in config.control.guard.loops}
-        self.loop = ControlLoop(config, target="twin", session="standalone", modes=modes, **loop_options)
+        self.loop = ControlLoop(config, target="twin", session="standalone", modes=every_loop(config, mode),
+                                **loop_options)
         self.period = self.loop.period
         self.next_t = self.period
         self.stats = LoopStats()

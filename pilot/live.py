@@ -38,7 +38,7 @@ from urllib.parse import urlparse
 
 from asyncua import Server, ua, uamethod
 
-from controllers.loop import ControlLoop, TickResult
+from controllers.loop import ControlLoop, TickResult, every_loop
 from twin.signals import Snapshot, WriteResult
 
 from .closed_loop import LoopStats
@@ -191,8 +191,7 @@ async def run_live(config, url: str, *, mode: str = "advisory", duration_s: floa
     embedded store in ``out_dir``; closed at the end)."""
     from opcua_server.bridge import OpcUaBridge
 
-    modes = {lp.name: mode for lp in config.control.guard.loops}
-    loop = ControlLoop(config, target=target, session=session, modes=modes, **loop_options)
+    loop = ControlLoop(config, target=target, session=session, modes=every_loop(config, mode), **loop_options)
     recorder, own_recorder, annotations = _recorders(recorder, out_dir)
     units = {t.name: t.plant_unit for t in config.tags}
     stats, refused_log = LoopStats(), []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from controllers.loop import ControlLoop
+from controllers.loop import ControlLoop, every_loop
 from controllers.loop_anomaly import AnomalyConfig
 from pilot_config import load_config
 from twin.malfunctions import Malfunction, inject
@@ -29,8 +29,7 @@ def first_raised(config, faults, hours: float) -> dict[str, float]:
     plant = TwinPlant(config)
     for f in faults:
         inject(plant, f)
-    loop = ControlLoop(config, modes={lp.name: "advisory" for lp in config.control.guard.loops},
-                       mpc_deadline_s=None, carousel=False)
+    loop = ControlLoop(config, modes=every_loop(config, "advisory"), mpc_deadline_s=None, carousel=False)
     first: dict[str, float] = {}
     while plant.t < hours * 3600 - 1e-9:
         plant.advance(60.0)
