@@ -109,10 +109,10 @@ class TrainingSession:
         if initial not in INITIAL_CONDITIONS:
             raise ValueError(f"unknown initial condition {initial!r}; one of {sorted(INITIAL_CONDITIONS)}")
         self.config, self.config_path, self.initial = config, config_path, initial
-        self.seed = config.simulation.seed if seed is None else seed
         self.session_id = session_id or f"train-{uuid.uuid4().hex[:8]}"
         self.tc = config.training
-        self.plant = TwinPlant(config, seed=self.seed, start="cold" if initial == "cold_start" else "design")
+        self.plant = TwinPlant(config, seed=seed, start="cold" if initial == "cold_start" else "design")
+        self.seed = self.plant.seed  # the config's when not given
         while self.plant.env.peek() <= 0.0:  # start the sequences: the analysers report a first sample
             self.plant.env.step()
         if initial == "near_breakthrough":
