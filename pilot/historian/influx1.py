@@ -19,12 +19,11 @@ import base64
 import http.client
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlencode, urlsplit
 
-from .base import Point, SinkError
-from .lineproto import PRECISIONS, Encoder
+from .base import SinkError
+from .lineproto import PRECISIONS, EncodingSink
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +92,20 @@ class HttpEndpoint:
             self._conn.close()
             self._conn = None
 
+    def ping(self, accept: tuple[int, ...] = (204,)) -> bool:
+        """Whether the server answers ``GET /ping`` with one of ``accept`` (1.x and 2.x: 204)."""
+        try:
+            status, _ = self.request("GET", "/ping")
+        except (OSError, http.client.HTTPException):
+            return False
+        return status in accept
 
-class Influx1Sink:
+
+class Influx1Sink(EncodingSink):
     """Sink into an InfluxDB 1.x database (or any server speaking the v1 write API)."""
 
     def __init__(self, settings: Influx1Settings | None = None, **overrides):
-        s = settings or Influx1Settings()
-        if overrides:
-            s = Influx1Settings(**{**s.__dict__, **overrides})
-        if s.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}")
-        self.settings = s
-        self.encoder = Encoder(s.precision)
+        super().__init__(s := replace(settings or Influx1Settings(), **overrides))
         headers = {}
         if s.user:
             token = base64.b64encode(f"{s.user}:{s.password}".encode()).decode()
@@ -119,13 +120,6 @@ class Influx1Sink:
     # -- Sink ------------------------------------------------------------------------------
     def open(self) -> None:
         """Nothing to do up front: an unreachable server at start is an outage, not an error."""
-
-    def write_batch(self, points: Sequence[Point]) -> None:
-        self.write_body(self.encoder.encode(points))
-
-    def encode(self, points: Sequence[Point]) -> bytes:
-        """Line protocol of a batch (the recorder encodes the next batch while one is in flight)."""
-        return self.encoder.encode(points)
 
     def flush(self) -> None:
         """Writes are synchronous: every returned ``write_batch`` is stored."""
@@ -182,8 +176,4 @@ class Influx1Sink:
         return results
 
     def ping(self) -> bool:
-        try:
-            status, _ = self.http.request("GET", "/ping")
-        except (OSError, http.client.HTTPException):
-            return False
-        return status == 204
+        return self.http.ping()

@@ -13,12 +13,11 @@ InfluxDB 3 serves the same endpoint (the "bucket" is the database name; org is i
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from .base import Point, SinkError
+from .base import SinkError
 from .influx1 import PointsRejected
-from .lineproto import PRECISIONS, Encoder
+from .lineproto import EncodingSink
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +32,11 @@ class Influx2Settings:
     timeout_s: float = 10.0
 
 
-class Influx2Sink:
+class Influx2Sink(EncodingSink):
     """Sink into an InfluxDB 2.x bucket / 3.x database via influxdb-client."""
 
     def __init__(self, settings: Influx2Settings | None = None, **overrides):
-        s = settings or Influx2Settings()
-        if overrides:
-            s = Influx2Settings(**{**s.__dict__, **overrides})
-        if s.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}")
-        self.settings = s
-        self.encoder = Encoder(s.precision)
+        super().__init__(replace(settings or Influx2Settings(), **overrides))
         self._client = None
         self._write = None
 
@@ -55,13 +48,6 @@ class Influx2Sink:
         self._client = InfluxDBClient(url=s.url, token=s.token, org=s.org,
                                       timeout=int(s.timeout_s * 1000), retries=False)
         self._write = self._client.write_api(write_options=SYNCHRONOUS)
-
-    def write_batch(self, points: Sequence[Point]) -> None:
-        self.write_body(self.encoder.encode(points))
-
-    def encode(self, points: Sequence[Point]) -> bytes:
-        """Line protocol of a batch (the recorder encodes the next batch while one is in flight)."""
-        return self.encoder.encode(points)
 
     def write_body(self, body: bytes) -> None:
         from influxdb_client.rest import ApiException

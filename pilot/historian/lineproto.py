@@ -91,3 +91,24 @@ class Encoder:
     def encode(self, points: Sequence[Point] | Iterable[Point]) -> bytes:
         """The batch as one request body (newline-separated lines, UTF-8)."""
         return "\n".join(self.lines(points)).encode()
+
+
+class EncodingSink:
+    """Base of the sinks that send pre-encoded line protocol: ``settings.precision`` picks the
+    encoder, ``write_batch`` is ``write_body(encode(points))`` and the recorder may call ``encode``
+    and ``write_body`` separately (encoding the next batch while one is in flight)."""
+
+    def __init__(self, settings) -> None:
+        if settings.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}")
+        self.settings = settings
+        self.encoder = Encoder(settings.precision)
+
+    def encode(self, points: Sequence[Point]) -> bytes:
+        return self.encoder.encode(points)
+
+    def write_batch(self, points: Sequence[Point]) -> None:
+        self.write_body(self.encode(points))
+
+    def write_body(self, body: bytes) -> None:
+        raise NotImplementedError
