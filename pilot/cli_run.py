@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .durations import duration_or_fail, parse_duration
+from .durations import duration_or_fail
 from .live import DEFAULT_OPERATOR_ENDPOINT, OPERATOR_NS
 
 err = Console(stderr=True)
@@ -58,6 +58,7 @@ def run_cmd(
     PILOT_OPCUA_USER / PILOT_OPCUA_PASSWORD.
     """
     from controllers.guard import LiveWriteForbidden
+    from opcua_server.security import client_credentials_from_env
 
     from .cli import load_or_fail
     from .live import run_live
@@ -76,10 +77,8 @@ def run_cmd(
                   f"  refused {refused}  alarms {len(tick.active_alarms)}  {tick.latency_s * 1e3:.0f} ms",
                   highlight=False)
 
-    import os
-
-    user = os.environ.get("PILOT_OPCUA_USER")
-    creds = {"username": user, "password": os.environ.get("PILOT_OPCUA_PASSWORD")} if user else {}
+    user, password = client_credentials_from_env()
+    creds = {"username": user, "password": password} if user else {}
     try:
         res = asyncio.run(run_live(config, plc, mode=mode, duration_s=duration_s, out_dir=out_dir,
                                    session=session, target="live", bridge_options=creds,
@@ -153,10 +152,7 @@ def alarms_shelve(alarm_id: Annotated[str, typer.Argument(help="alarm id")],
                   = "1h",
                   endpoint: OperatorOpt = DEFAULT_OPERATOR_ENDPOINT) -> None:
     """Shelve an alarm until the duration expires (plant time)."""
-    try:
-        seconds = parse_duration(duration)
-    except ValueError as exc:
-        _fail(str(exc))
+    seconds = duration_or_fail(duration, _fail)
     out.print(_call(endpoint, "Shelve", alarm_id, operator, float(seconds)))
 
 

@@ -92,12 +92,12 @@ def cell_supervisor(plant: "TwinPlant", name: str):
     i_sp = plc.input_index[f"{name}.temperature_sp"]
     i_salt_sp = plc.input_index[f"{name}.salt_tb_sp"]
     i_tap = plc.input_index[f"{name}.tap_fraction"]
-    i_remote = plc.input_index.get(f"{name}.remote")
+    i_remote = plc.input_index[f"{name}.remote"]
     pi = plant.line.heater_pi[name]
     integral = pi.bias
     while True:
         yield plant.step_event
-        if i_remote is not None and plc.u[i_remote] >= 0.5:  # remote: heater and feeder as written
+        if plc.u[i_remote] >= 0.5:  # remote: heater and feeder as written
             integral = float(np.clip(cell.u[cell.input_index["heater_power"]], 0.0, pi.max_w))
         else:
             err = plc.u[i_sp] - cell.y[i_T]
