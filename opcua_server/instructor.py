@@ -25,7 +25,7 @@ import logging
 from asyncua import ua
 from asyncua.common.methods import uamethod
 
-from .server import PlcServer
+from .server import PlcServer, sleep_unless
 
 log = logging.getLogger(__name__)
 MAX_SPEED = 1e6  # "as fast as possible": the run loop simply never waits
@@ -90,10 +90,7 @@ class Instructor:
     async def run_updates(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self.update()
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
-            except TimeoutError:
-                pass
+            await sleep_unless(stop, 0.5)
 
     async def _guarded(self, fn) -> str:
         try:

@@ -77,6 +77,14 @@ def _status(sc: int) -> ua.StatusCode:
     return ua.StatusCode(sc)
 
 
+async def sleep_unless(stop: asyncio.Event, timeout_s: float) -> None:
+    """Sleep ``timeout_s``, or less when ``stop`` is set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=timeout_s)
+    except TimeoutError:
+        pass
+
+
 class PlcServer:
     """One simulated PLC serving ``tags`` from ``plant`` at ``endpoint``."""
 
@@ -206,10 +214,7 @@ class PlcServer:
                 speed, t0_wall, t0_plant = self.speed, now, self.plant.t
                 step = float(getattr(self.plant, "dt", 1.0))
                 if self.frozen:
-                    try:
-                        await asyncio.wait_for(stop.wait(), timeout=min(max(next_beat - now, 0.01), 0.1))
-                    except TimeoutError:
-                        pass
+                    await sleep_unless(stop, min(max(next_beat - now, 0.01), 0.1))
                     continue
             target = t0_plant + (now - t0_wall) * speed
             steps = int(math.floor((target - self.plant.t) / step + 1e-9))
@@ -220,10 +225,7 @@ class PlcServer:
                     log.warning("the twin cannot keep up with speed %.1f: plant time is falling behind", speed)
                 continue
             wake = min(next_beat, t0_wall + (self.plant.t + step - t0_plant) / speed)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=max(0.0, min(wake - time.monotonic(), 0.5)))
-            except TimeoutError:
-                pass
+            await sleep_unless(stop, max(0.0, min(wake - time.monotonic(), 0.5)))
 
     # -- writes --------------------------------------------------------------------------
     def _role(self, user: User) -> Role:
