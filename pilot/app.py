@@ -19,11 +19,10 @@ from twin.kpis import compute_kpis
 from twin.plant import TwinPlant
 
 from .closed_loop import ClosedLoop
-from .historian.base import Point
+from .historian.schema import process_points
 from .historian.sqlite import SqliteSink, history_path
 
 ProgressFn = Callable[[float, float], None]
-QUALITY_NAMES = {0: "bad", 1: "uncertain", 2: "good"}
 PROFILE_EVERY_S = 6 * 3600.0
 
 
@@ -32,13 +31,6 @@ class RunResult:
     out_dir: Path
     summary: dict
     plots: tuple[Path, ...]
-
-
-def snapshot_points(plant: TwinPlant, units: dict[str, str]) -> list[Point]:
-    return [
-        Point("process", name, units[name], s.value, s.source_time, QUALITY_NAMES[int(s.quality)])
-        for name, s in plant.snapshot().items()
-    ]
 
 
 def simulate(
@@ -75,7 +67,7 @@ def simulate(
     ctrl = None if control == "off" else ClosedLoop(config, control)
     next_record = record_dt
     try:
-        sink.write_batch(snapshot_points(plant, units))
+        sink.write_batch(process_points(plant.snapshot(), units))
         while plant.t < until_s - 1e-9:
             plant.advance(min(next_record, ctrl.next_t if ctrl else math.inf, until_s) - plant.t)
             if ctrl is not None and plant.t >= ctrl.next_t - 1e-9:
@@ -83,7 +75,7 @@ def simulate(
             if plant.t < next_record - 1e-9 and plant.t < until_s - 1e-9:
                 continue
             next_record += record_dt
-            sink.write_batch(snapshot_points(plant, units))
+            sink.write_batch(process_points(plant.snapshot(), units))
             if plant.t >= next_profile - 1e-9 or plant.t >= until_s - 1e-9:
                 profiles.append((plant.t, plant.stage_profile()))
                 next_profile += PROFILE_EVERY_S
