@@ -66,11 +66,16 @@ def load_or_fail(path: Optional[Path]):
         check_signals(config, str(path or default_config_path()))
         return config
     except ConfigError as exc:
-        n = len(exc.issues)
-        err.print(f"[bold red]error:[/] {n} problem{'s' if n > 1 else ''} in the configuration:")
-        for issue in exc.issues:
-            err.print(f"  {issue}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        fail_issues(exc, "the configuration")
+
+
+def fail_issues(exc: ConfigError, what: str) -> None:
+    """Print every problem of a YAML file (file, line, path, value, what is allowed) and exit 2."""
+    n = len(exc.issues)
+    err.print(f"[bold red]error:[/] {n} problem{'s' if n > 1 else ''} in {what}:")
+    for issue in exc.issues:
+        err.print(f"  {issue}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
 
 
 @config_app.command("check")

@@ -42,16 +42,29 @@ def _duration(text: str) -> float:
 
 
 def _scenario(name: str):
-    from pydantic import ValidationError
-
     from pilot.training.scenario import load_scenario
+    from pilot_config import ConfigError
+
+    from .cli import fail_issues
 
     try:
         return load_scenario(name)
     except FileNotFoundError:
         _fail(f"no scenario {name!r}: give a YAML file or a name from `pilot train list`")
-    except ValidationError as exc:
-        _fail(f"scenario {name}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
+    except ConfigError as exc:
+        fail_issues(exc, f"scenario {name}")
+
+
+def _trainee(path: Path):
+    from pilot.training.scenario import load_trainee
+    from pilot_config import ConfigError
+
+    from .cli import fail_issues
+
+    try:
+        return load_trainee(path)
+    except ConfigError as exc:
+        fail_issues(exc, f"trainee actions {path}")
 
 
 @train_app.command("list")
@@ -92,7 +105,7 @@ def run_cmd(
 ) -> None:
     """Run a scenario to its end, score the trainee and write the report."""
     from pilot.training.report import score_run, write_report
-    from pilot.training.scenario import load_trainee, run_scenario
+    from pilot.training.scenario import run_scenario
 
     from .cli import load_or_fail
 
@@ -100,10 +113,7 @@ def run_cmd(
     config = load_or_fail(config_path)
     trainee = None
     if trainee_actions is not None:
-        try:
-            trainee = load_trainee(trainee_actions)
-        except (OSError, ValueError) as exc:
-            _fail(f"trainee actions {trainee_actions}: {exc}")
+        trainee = _trainee(trainee_actions)
     sink = None
     if history is not None:
         from pilot.historian.sqlite import SqliteSink, history_path
@@ -142,13 +152,13 @@ def snapshot_cmd(
     seed: Annotated[int | None, typer.Option()] = None,
 ) -> None:
     """Run a scenario to a time (as fast as possible) and save the session there."""
-    from pilot.training.scenario import load_trainee, run_scenario
+    from pilot.training.scenario import run_scenario
 
     from .cli import load_or_fail
 
     sc = _scenario(scenario).model_copy(update={"duration_s": _duration(at)})
     config = load_or_fail(config_path)
-    session, _ = run_scenario(sc, config, trainee=load_trainee(trainee_actions) if trainee_actions else None,
+    session, _ = run_scenario(sc, config, trainee=_trainee(trainee_actions) if trainee_actions else None,
                               seed=seed)
     session.save(out_file, label=f"{sc.name} at {at}")
     out.print(f"saved {out_file} (session {session.session_id}, t = {session.t:.0f} s, "

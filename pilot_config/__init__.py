@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from .loader import ConfigError, ConfigIssue, issues_from_validation, read_yaml
 
@@ -25,12 +25,22 @@ def load_config(path: Path | str | None = None):
     """Read and validate a plant YAML file; raises ConfigError listing every problem."""
     from .plant import PilotLineConfig
 
-    path = Path(path) if path is not None else default_config_path()
+    return load_yaml(Path(path) if path is not None else default_config_path(), PilotLineConfig)
+
+
+def load_yaml(path: Path, model):
+    """Read ``path`` and validate it as ``model`` (a pydantic model class, or a ``TypeAdapter``
+    for anything else, e.g. a list of models); raises ConfigError listing every problem with
+    file, line, YAML path, value and what is allowed."""
     data, lines = read_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError([ConfigIssue(str(path), "", 1, "", "the top level must be a mapping of sections")])
+    if isinstance(model, TypeAdapter):
+        validate = model.validate_python
+    else:
+        if not isinstance(data, dict):
+            raise ConfigError([ConfigIssue(str(path), "", 1, "", "the top level must be a mapping of sections")])
+        validate = model.model_validate
     try:
-        return PilotLineConfig.model_validate(data)
+        return validate(data)
     except ValidationError as exc:
         raise ConfigError(issues_from_validation(exc, str(path), lines)) from None
 
@@ -48,4 +58,5 @@ __all__ = [
     "conventional_config_path",
     "default_config_path",
     "load_config",
+    "load_yaml",
 ]

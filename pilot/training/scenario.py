@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, TypeAdapter, model_validator
 
 from controllers.alarms_support import AlarmState
+from pilot_config import load_yaml
 from pilot_config.base import MOLAR_MASS_G_PER_MOL, StrictModel
 from twin.malfunctions import Malfunction
 
@@ -124,10 +124,14 @@ def _alarm_ids(config) -> set[str]:
 
 
 def load_scenario(path: Path | str) -> Scenario:
+    """A scenario file, or the name of a shipped one; ``FileNotFoundError`` when neither exists,
+    ``ConfigError`` listing every problem of an invalid file."""
     path = Path(path)
     if not path.exists() and (SCENARIO_DIR / f"{path}.yaml").exists():
         path = SCENARIO_DIR / f"{path}.yaml"
-    return Scenario.model_validate(yaml.safe_load(path.read_text()))
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    return load_yaml(path, Scenario)
 
 
 def shipped_scenarios() -> list[Path]:
@@ -135,7 +139,11 @@ def shipped_scenarios() -> list[Path]:
 
 
 def load_trainee(path: Path | str) -> list[ScriptedAction]:
-    return [ScriptedAction.model_validate(a) for a in yaml.safe_load(Path(path).read_text()) or []]
+    """A scripted trainee's actions (a YAML list); ``ConfigError`` listing every problem."""
+    return load_yaml(Path(path), _ACTIONS) or []
+
+
+_ACTIONS = TypeAdapter(list[ScriptedAction] | None)
 
 
 class ScriptedTrainee:
