@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,8 +12,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pilot_config import ConfigError, config_schema, default_config_path, load_config
+from pilot_config import config_schema
 
+from .cli_common import config_path_or_env, fail, load_or_fail
 from .cli_historian import historian_app
 from .cli_opcua import opcua_app
 from .durations import duration_or_fail, parse_duration
@@ -44,38 +44,6 @@ ConfigArg = Annotated[
     typer.Argument(help="plant YAML file (default: $PILOT_CONFIG, else the shipped pilot_line.yaml)",
                    show_default=False),
 ]
-
-
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-def config_path_or_env(path: Optional[Path]) -> Optional[Path]:
-    """The CONFIG argument, else PILOT_CONFIG (deployments), else None (the shipped line)."""
-    env = os.environ.get("PILOT_CONFIG", "").strip()
-    return path if path is not None else (Path(env) if env else None)
-
-
-def load_or_fail(path: Optional[Path]):
-    path = config_path_or_env(path)
-    try:
-        config = load_config(path)
-        from twin.build import check_signals
-
-        check_signals(config, str(path or default_config_path()))
-        return config
-    except ConfigError as exc:
-        fail_issues(exc, "the configuration")
-
-
-def fail_issues(exc: ConfigError, what: str) -> None:
-    """Print every problem of a YAML file (file, line, path, value, what is allowed) and exit 2."""
-    n = len(exc.issues)
-    err.print(f"[bold red]error:[/] {n} problem{'s' if n > 1 else ''} in {what}:")
-    for issue in exc.issues:
-        err.print(f"  {issue}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2) from None
 
 
 @config_app.command("check")

@@ -60,7 +60,7 @@ def run_cmd(
     from controllers.guard import LiveWriteForbidden
     from opcua_server.security import client_credentials_from_env
 
-    from .cli import load_or_fail
+    from .cli_common import load_or_fail
     from .live import run_live
 
     if mode not in ("manual", "advisory", "auto"):

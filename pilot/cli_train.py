@@ -45,7 +45,7 @@ def _scenario(name: str):
     from pilot.training.scenario import load_scenario
     from pilot_config import ConfigError
 
-    from .cli import fail_issues
+    from .cli_common import fail_issues
 
     try:
         return load_scenario(name)
@@ -59,7 +59,7 @@ def _trainee(path: Path):
     from pilot.training.scenario import load_trainee
     from pilot_config import ConfigError
 
-    from .cli import fail_issues
+    from .cli_common import fail_issues
 
     try:
         return load_trainee(path)
@@ -107,7 +107,7 @@ def run_cmd(
     from pilot.training.report import score_run, write_report
     from pilot.training.scenario import run_scenario
 
-    from .cli import load_or_fail
+    from .cli_common import load_or_fail
 
     sc = _scenario(scenario)
     config = load_or_fail(config_path)
@@ -154,7 +154,7 @@ def snapshot_cmd(
     """Run a scenario to a time (as fast as possible) and save the session there."""
     from pilot.training.scenario import run_scenario
 
-    from .cli import load_or_fail
+    from .cli_common import load_or_fail
 
     sc = _scenario(scenario).model_copy(update={"duration_s": _duration(at)})
     config = load_or_fail(config_path)
@@ -214,7 +214,7 @@ def serve_cmd(
     from opcua_server.instructor import MAX_SPEED, serve_training
     from pilot.training.session import Action, TrainingSession
 
-    from .cli import load_or_fail
+    from .cli_common import load_or_fail
     from .cli_opcua import check_endpoint
 
     sc = _scenario(scenario)
