@@ -21,6 +21,7 @@ only as salted PBKDF2 hashes in memory and never logged. A client's own credenti
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import ipaddress
@@ -83,8 +84,10 @@ class Pki:
         return self.root / "rejected"
 
     def ensure_dirs(self) -> None:
-        for d in (self.cert.parent, self.key.parent, self.trusted, self.rejected):
-            d.mkdir(parents=True, exist_ok=True)
+        """Create the folders owner-only (0700) from the start: no window in which another local
+        user could read a key or plant a certificate in ``trusted/``."""
+        for d in (self.root, self.cert.parent, self.key.parent, self.trusted, self.rejected):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def check(self) -> None:
         for f in (self.cert, self.key):
@@ -94,8 +97,9 @@ class Pki:
 
 def create_certificate(pki: Pki, app_uri: str, common_name: str = "pilot-line",
                        hosts: tuple[str, ...] = ("localhost", "127.0.0.1"), days: int = 365,
-                       overwrite: bool = False) -> Path:
-    """Create a self-signed application instance certificate (client and server use) and key."""
+                       overwrite: bool = False, valid_from: dt.datetime | None = None) -> Path:
+    """Create a self-signed application instance certificate (client and server use) and key,
+    valid for ``days`` from ``valid_from`` (default: now)."""
     pki.ensure_dirs()
     if pki.cert.exists() and not overwrite:
         raise SecurityError(f"{pki.cert} exists; pass overwrite to replace it")
@@ -109,11 +113,34 @@ def create_certificate(pki: Pki, app_uri: str, common_name: str = "pilot-line",
     cert = cert_gen.generate_self_signed_app_certificate(
         key, common_name, {}, names,
         [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], days=days)
-    pki.key.write_bytes(cert_gen.dump_private_key_as_pem(key))
-    pki.key.chmod(0o600)
-    pki.cert.write_bytes(cert.public_bytes(serialization.Encoding.DER))
-    pki.cert.with_suffix(".pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    if valid_from is not None:
+        cert = _redated(cert, key, valid_from, valid_from + dt.timedelta(days=days))
+    write_private(pki.key, cert_gen.dump_private_key_as_pem(key))
+    write_private(pki.cert, cert.public_bytes(serialization.Encoding.DER), mode=0o644)
+    write_private(pki.cert.with_suffix(".pem"), cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return pki.cert
+
+
+def _redated(cert: x509.Certificate, key, not_before: dt.datetime, not_after: dt.datetime) -> x509.Certificate:
+    """The same certificate (subject, serial, key, extensions) with another validity period."""
+    builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(cert.issuer)
+               .serial_number(cert.serial_number).public_key(cert.public_key())
+               .not_valid_before(not_before).not_valid_after(not_after))
+    for ext in cert.extensions:
+        builder = builder.add_extension(ext.value, critical=ext.critical)
+    return builder.sign(private_key=key, algorithm=hashes.SHA256())
+
+
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> Path:
+    """Write ``data`` to a file created with ``mode`` at once (never world-readable in between,
+    whatever the umask); an existing file is truncated and brought to ``mode``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    return path
 
 
 def certificate_uri(path: Path) -> str:
@@ -137,11 +164,21 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 class TrustList:
-    """Exact-certificate trust list backed by a folder; refused peers are saved to ``rejected/``."""
+    """Certificate validation of a peer (OPC UA Part 4, 6.1.3), as asyncua's validator hook.
 
-    def __init__(self, pki: Pki, peer: str):
+    In this order, each refusal with its OPC UA status code and one log line:
+    trusted (exact certificate in ``trusted/``; refused peers are saved to ``rejected/`` so an
+    operator can move them) -> BadCertificateUntrusted; validity period -> BadCertificateTimeInvalid;
+    the host name of the endpoint in subjectAltName (server certificates, when ``host`` is given)
+    -> BadCertificateHostNameInvalid; the ApplicationUri the peer announces equal to the URI in its
+    subjectAltName -> BadCertificateUriInvalid. ``last_refusal`` keeps the operator's sentence of
+    the latest refusal."""
+
+    def __init__(self, pki: Pki, peer: str, host: str | None = None):
         self.pki = pki
         self.peer = peer  # "client" or "server", for messages
+        self.host = host
+        self.last_refusal: str | None = None
 
     def trusted_fingerprints(self) -> set[str]:
         out = set()
@@ -163,16 +200,61 @@ class TrustList:
         return (f"untrusted {self.peer} certificate {cert.subject.rfc4514_string()}: to trust it, "
                 f"move {path} into {self.pki.trusted}/")
 
+    def check(self, cert: x509.Certificate, app_uri: str | None) -> tuple[int, str] | None:
+        """(status code, sentence) of the first check that fails, or None when the peer passes."""
+        if fingerprint(cert) not in self.trusted_fingerprints():
+            return ua.StatusCodes.BadCertificateUntrusted, self.untrusted_message(cert)
+        subject = cert.subject.rfc4514_string()
+        now = dt.datetime.now(dt.UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return ua.StatusCodes.BadCertificateTimeInvalid, (
+                f"{self.peer} certificate {subject} is valid from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
+                f"to {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now: the peer needs a new certificate")
+        names = _san(cert)
+        if self.host is not None and not _host_matches(self.host, names):
+            return ua.StatusCodes.BadCertificateHostNameInvalid, (
+                f"{self.peer} certificate {subject} is not issued for host {self.host!r} "
+                f"(it names {sorted(names['dns'] | names['ip']) or 'no host'})")
+        if app_uri is not None and app_uri not in names["uri"]:
+            return ua.StatusCodes.BadCertificateUriInvalid, (
+                f"{self.peer} announces ApplicationUri {app_uri!r} but its certificate {subject} is issued for "
+                f"{sorted(names['uri']) or 'no URI'}")
+        return None
+
     async def __call__(self, cert: x509.Certificate, app_description: ua.ApplicationDescription) -> None:
         if self.peer == "client" and _session_channel_unsecured():
             return  # a certificate sent over a None channel authenticates nothing; OPC UA ignores it
-        if fingerprint(cert) in self.trusted_fingerprints():
+        verdict = self.check(cert, app_description.ApplicationUri if app_description is not None else None)
+        if verdict is None:
+            self.last_refusal = None
             return
-        path = self.rejected_path(cert)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
-        log.warning(self.untrusted_message(cert))
-        raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+        code, sentence = verdict
+        self.last_refusal = f"{sentence} ({ua.StatusCode(code).name})"
+        if code == ua.StatusCodes.BadCertificateUntrusted:
+            path = self.rejected_path(cert)
+            self.pki.rejected.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_private(path, cert.public_bytes(serialization.Encoding.DER), mode=0o644)
+        log.warning(self.last_refusal)
+        raise ServiceError(code)
+
+
+def _san(cert: x509.Certificate) -> dict[str, set[str]]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return {"uri": set(), "dns": set(), "ip": set()}
+    return {"uri": set(san.get_values_for_type(x509.UniformResourceIdentifier)),
+            "dns": {d.lower() for d in san.get_values_for_type(x509.DNSName)},
+            "ip": {str(a) for a in san.get_values_for_type(x509.IPAddress)}}
+
+
+def _host_matches(host: str, names: dict[str, set[str]]) -> bool:
+    host = host.strip("[]").lower()
+    try:
+        return str(ipaddress.ip_address(host)) in names["ip"]
+    except ValueError:
+        return host in names["dns"] or any(d.startswith("*.") and host.split(".", 1)[-1] == d[2:]
+                                           for d in names["dns"])
 
 
 def _session_channel_unsecured() -> bool:
