@@ -17,7 +17,7 @@ Per tick, in this order:
 4. the guard (limits, rate, stale inputs, mode, watchdog); its ``to_write`` is ``writes``;
 5. anomaly conditions (``loop_anomaly``) → the alarm manager (ISA-18.2 lifecycle);
 6. historian points: estimates, decisions (proposed / applied / solve time / held / cost), alarm
-   transitions (``pilot.historian.schema`` builders).
+   transitions (``twin.points`` builders).
 
 Units: ``cell<k>`` (one per electrolysis cell), ``cascade`` and (unless ``carousel=False``)
 ``carousel``; the guard loop names in the YAML are the unit names.
@@ -39,10 +39,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pilot.historian.base import Point
-from pilot.historian.schema import alarm_point, decision_points, estimate_points
 from pilot_config.base import MOLAR_MASS_G_PER_MOL
-from twin.signals import Sample, Snapshot, WriteResult
+from twin.points import alarm_point, decision_points, estimate_points
+from twin.signals import Point, Sample, Snapshot, WriteResult
 
 from . import estimation_carousel as ec
 from . import mpc_carousel as mc

@@ -17,9 +17,9 @@ from pathlib import Path
 from pilot_config.plant import PilotLineConfig
 from twin.kpis import compute_kpis
 from twin.plant import TwinPlant
+from twin.points import process_points
 
 from .closed_loop import ClosedLoop
-from .historian.schema import process_points
 from .historian.sqlite import SqliteSink, history_path
 
 ProgressFn = Callable[[float, float], None]

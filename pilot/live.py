@@ -39,11 +39,11 @@ from urllib.parse import urlparse
 from asyncua import Server, ua, uamethod
 
 from controllers.loop import ControlLoop, TickResult, every_loop
+from twin.points import FreshSamples, process_points
 from twin.signals import Snapshot, WriteResult
 
 from .closed_loop import LoopStats
 from .historian.base import Point
-from .historian.schema import FreshSamples, process_points
 
 log = logging.getLogger(__name__)
 OPERATOR_NS = "urn:pilot-line:operator"

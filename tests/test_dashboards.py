@@ -19,8 +19,8 @@ from pilot.historian.base import MEASUREMENTS
 from pilot.historian.feed import simulated_run
 from pilot.historian.influx1 import Influx1Sink
 from pilot.historian.recorder import Recorder
-from pilot.historian.schema import FIELD
 from pilot_config import load_config
+from twin.points import FIELD
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

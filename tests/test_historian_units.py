@@ -16,15 +16,15 @@ from pilot.historian.base import Point
 from pilot.historian.influx1 import Influx1Sink
 from pilot.historian.lineproto import Encoder, series_key
 from pilot.historian.recorder import MemorySpool, Recorder
-from pilot.historian.schema import (
+from pilot.historian.settings import HistorianSettings, make_sink
+from pilot.historian.spool import Spool
+from pilot.historian.sqlite import SqliteSink, read_series
+from twin.points import (
     FreshSamples,
     alarm_point,
     decision_points,
     estimate_points,
 )
-from pilot.historian.settings import HistorianSettings, make_sink
-from pilot.historian.spool import Spool
-from pilot.historian.sqlite import SqliteSink, read_series
 from twin.signals import Quality, Sample
 
 

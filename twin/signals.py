@@ -45,6 +45,26 @@ class WriteResult:
         return not self.refused
 
 
+
+#: what the historian stores; every point names one of these
+MEASUREMENTS: tuple[str, ...] = ("process", "estimate", "decision", "alarm", "kpi", "audit")
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One historian point (schema: ``twin.points``). ``text`` is a free-text field for the
+    records that need one (who did an operator action and why it was refused); empty otherwise."""
+
+    measurement: str
+    tag: str
+    unit: str
+    value: float
+    time_s: float
+    quality: str = "good"
+    session: str = ""
+    text: str = ""
+
+
 class PlantIO(Protocol):
     async def read(self) -> Snapshot: ...
 

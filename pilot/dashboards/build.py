@@ -10,7 +10,7 @@
 | ``pilot-model`` | model vs plant: measured vs estimated, innovations, NIS per unit |
 | ``pilot-mpc`` | proposed vs applied setpoints, solve time, held ticks per controlled unit |
 
-Every query is InfluxQL over the historian schema (``pilot.historian.schema``): measurements
+Every query is InfluxQL over the historian schema (``twin.points``): measurements
 process / estimate / decision / alarm / kpi, tags ``tag``, ``unit``, ``quality``, field ``value``.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from pilot.historian.schema import APPLIED, EST, INNOV, NIS, PROPOSED
+from twin.points import APPLIED, EST, INNOV, NIS, PROPOSED
 
 from . import model as m
 

@@ -16,21 +16,9 @@ Schema (shared by every sink, see docs/historian.md):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
-MEASUREMENTS: tuple[str, ...] = ("process", "estimate", "decision", "alarm", "kpi")
-
-
-@dataclass(frozen=True, slots=True)
-class Point:
-    measurement: str
-    tag: str
-    unit: str
-    value: float
-    time_s: float
-    quality: str = "good"
-    session: str = ""
+from twin.signals import MEASUREMENTS, Point  # noqa: F401  (the sinks' record, defined beside Sample)
 
 
 class SinkError(RuntimeError):

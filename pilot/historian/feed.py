@@ -2,7 +2,7 @@
 
 ``process`` points come from the twin (``TwinPlant``), only fresh samples (``FreshSamples``).
 The other measurements are derived from the same run by plain rules, standing in until the
-control loop records the real estimator / MPC / alarm output through the same ``schema`` builders:
+control loop records the real estimator / MPC / alarm output through the same ``twin.points`` builders:
 
 - ``estimate``: ``<TAG>.EST`` = the twin's noise-free signal in engineering units, ``.INNOV`` =
   measured − estimate, ``.NIS`` = INNOV² / max(noise_sd, 1 % of span)²;
@@ -19,8 +19,7 @@ import math
 import time
 from collections.abc import Iterator
 
-from .base import Point
-from .schema import (
+from twin.points import (
     FreshSamples,
     alarm_point,
     decision_points,
@@ -28,6 +27,8 @@ from .schema import (
     kpi_points,
     process_points,
 )
+
+from .base import Point
 
 
 class LimitAlarms:

@@ -30,10 +30,10 @@ from typing import Any, Literal
 from pydantic import Field
 
 from controllers.alarms import AlarmManager
-from pilot.historian.schema import alarm_point, process_points
 from pilot_config.base import StrictModel
 from twin.malfunctions import Malfunction, inject
 from twin.plant import TwinPlant
+from twin.points import alarm_point, process_points
 from twin.signals import Snapshot
 
 InitialCondition = Literal["cold_start", "steady_state", "near_breakthrough"]

@@ -1,6 +1,6 @@
 """What the historian writes: measurements, tag naming, and the builders the control loop calls.
 
-Every point: measurement (one of ``base.MEASUREMENTS``), tags ``unit`` (plant unit: adsorption,
+Every point: measurement (one of ``twin.signals.MEASUREMENTS``), tags ``unit`` (plant unit: adsorption,
 eluate_tank, extraction, cell1, ..., ``mpc``, ``line``), ``tag`` (name below), ``quality``
 (good / uncertain / bad) and, in training sessions only, ``session``; one float field ``value``;
 the source timestamp (seconds -> integer at the configured precision).
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .base import MEASUREMENTS, Point
+from .signals import MEASUREMENTS, Point
 
 FIELD = "value"
 QUALITY_NAMES = {0: "bad", 1: "uncertain", 2: "good"}
