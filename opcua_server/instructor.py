@@ -1,4 +1,4 @@
-"""Instructor controls on the simulated PLC server, for a training session (issue 6).
+"""Instructor controls on the simulated PLC server, for a training session.
 
 ``serve_training(session, endpoint)`` serves the session's plant through ``PlcServer`` (every tag,
 as for ``pilot plc-sim``) and mounts an ``Instructor`` object in the PLC namespace:
@@ -15,17 +15,26 @@ as for ``pilot plc-sim``) and mounts an ``Instructor`` object in the PLC namespa
 
 Every method returns a String: ``ok ...`` or ``error: ...``. Tag writes of OPC UA clients go
 through the session (journalled), so snapshots taken here restore bit-for-bit like any other.
+The methods need the engineer role; security (endpoints, users, anonymous access) is the
+``ServerSecurity`` given, by default from the environment (``server_security_from_env``).
+
+``Restore`` rebuilds a session with the ``restore(path, config)`` callable the caller injects
+(the application passes ``TrainingSession.restore``): this package does not import the training
+package above it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 
 from asyncua import ua
 from asyncua.common.methods import uamethod
 
 from .server import PlcServer, sleep_unless
+from .server_security import ServerSecurity, server_security_from_env
 
 log = logging.getLogger(__name__)
 MAX_SPEED = 1e6  # "as fast as possible": the run loop simply never waits
@@ -60,8 +69,8 @@ class SessionPlant:
 
 
 class Instructor:
-    def __init__(self, server: PlcServer, plant: SessionPlant):
-        self.server, self.plant = server, plant
+    def __init__(self, server: PlcServer, plant: SessionPlant, restore: Callable | None = None):
+        self.server, self.plant, self.restore = server, plant, restore
         self._vars: dict[str, object] = {}
 
     async def mount(self) -> None:
@@ -129,10 +138,11 @@ class Instructor:
 
     @uamethod
     async def _restore(self, parent, path: str) -> str:
-        from pilot.training.session import TrainingSession
+        if self.restore is None:
+            return "error: this server was started without a way to restore sessions"
 
         def restore():
-            self.plant.session = TrainingSession.restore(path, self.plant.session.config)
+            self.plant.session = self.restore(path, self.plant.session.config)
             return f"t={self.plant.session.t:.0f} s"
         return await self._guarded(restore)
 
@@ -152,20 +162,17 @@ class Instructor:
 
 
 async def serve_training(session, endpoint: str, *, speed: float = 10.0, stop: asyncio.Event | None = None,
-                         started: asyncio.Event | None = None, duration_s: float | None = None) -> PlcServer:
-    """Serve a training session's plant with the instructor controls until ``stop`` (or ``duration_s``)."""
-    import time
-
-    from .security import UserDirectory
-    from .server import ServerSecurity
-
+                         started: asyncio.Event | None = None, duration_s: float | None = None,
+                         security: ServerSecurity | None = None, restore: Callable | None = None) -> PlcServer:
+    """Serve a training session's plant with the instructor controls until ``stop`` (or ``duration_s``).
+    ``restore(path, config)`` rebuilds a saved session for the Restore method."""
     plant = SessionPlant(session)
     config = session.config
     server = PlcServer(config.tags, config.opcua.namespace_uri, plant, endpoint,
-                       security=ServerSecurity(users=UserDirectory.from_env()), epoch_s=time.time() - plant.t,
+                       security=security or server_security_from_env(), epoch_s=time.time() - plant.t,
                        name=f"{config.name} training simulator")
     await server.start()
-    instructor = Instructor(server, plant)
+    instructor = Instructor(server, plant, restore)
     await instructor.mount()
     stop = stop or asyncio.Event()
     if started is not None:

@@ -1,7 +1,10 @@
 """``run_plc_sim``: the twin behind its simulated PLC, in real time × speed.
 
 The plant clock starts at the wall-clock time of the start (``epoch_s``), so SourceTimestamps are
-real dates that run ``speed`` times faster than the wall clock.
+real dates that run ``speed`` times faster than the wall clock. Security (endpoints, PKI folder,
+users, anonymous access) is a ``ServerSecurity``, by default from the environment
+(``server_security_from_env``: PILOT_OPCUA_SERVER_SECURITY, PILOT_OPCUA_PKI, PILOT_OPCUA_USERS /
+PILOT_OPCUA_SECRETS, PILOT_OPCUA_ANONYMOUS).
 """
 
 from __future__ import annotations
@@ -9,31 +12,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 
-from .security import Pki, UserDirectory
-from .server import PlcServer, ServerSecurity
+from .server import PlcServer
+from .server_security import ServerSecurity, server_security_from_env
 
 log = logging.getLogger(__name__)
 
 
 async def run_plc_sim(config, endpoint: str | None = None, speed: float = 1.0, *, plant=None,
-                      seed: int | None = None, pki: Path | str | None = None,
-                      security_modes: tuple[str, ...] = ("None",), users: UserDirectory | None = None,
-                      allow_anonymous: bool = True, duration_s: float | None = None,
-                      stop: asyncio.Event | None = None, started: asyncio.Event | None = None) -> PlcServer:
+                      seed: int | None = None, security: ServerSecurity | None = None,
+                      duration_s: float | None = None, stop: asyncio.Event | None = None,
+                      started: asyncio.Event | None = None) -> PlcServer:
     """Serve ``config``'s tags from a TwinPlant (or ``plant``) until ``stop`` is set, ``duration_s``
-    has passed, or the task is cancelled. ``started`` is set once the endpoint accepts clients.
-    Users default to the environment (PILOT_OPCUA_USERS / PILOT_OPCUA_SECRETS)."""
+    has passed, or the task is cancelled. ``started`` is set once the endpoint accepts clients."""
     if plant is None:
         from twin.plant import TwinPlant
 
         plant = TwinPlant(config, seed=seed)
-    security = ServerSecurity(modes=tuple(security_modes), pki=Pki(Path(pki)) if pki else None,
-                              users=users if users is not None else UserDirectory.from_env(),
-                              allow_anonymous=allow_anonymous)
     server = PlcServer(config.tags, config.opcua.namespace_uri, plant, endpoint or config.opcua.endpoint,
-                       security=security, epoch_s=time.time() - plant.t, name=f"{config.name} simulated PLC")
+                       security=security or server_security_from_env(), epoch_s=time.time() - plant.t,
+                       name=f"{config.name} simulated PLC")
     await server.start()
     if started is not None:
         started.set()

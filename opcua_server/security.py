@@ -1,4 +1,4 @@
-"""OPC UA security: application instance certificates, the trust list, users and roles.
+"""OPC UA security: application instance certificates and the trust list.
 
 PKI folder layout (``pilot opcua certs --pki DIR``)::
 
@@ -9,53 +9,36 @@ PKI folder layout (``pilot opcua certs --pki DIR``)::
     DIR/rejected/               peers we refused, saved so an operator can move them to trusted/
 
 Trust is by exact certificate (SHA-256 fingerprint of the DER), re-read at every handshake, so
-moving a file into ``trusted/`` takes effect without a restart. An untrusted peer is refused
-with BadCertificateUntrusted and one log line naming the file to trust.
+moving a file into ``trusted/`` takes effect without a restart. The folder's own certificate is
+always trusted (a server and a client sharing one PKI folder need no trust step). An untrusted
+peer is refused with BadCertificateUntrusted and one log line naming the file to trust. A missing
+own certificate is created on first use (``ensure_certificate``; logged with path and fingerprint).
 
-Users come from the environment, never from the plant YAML: ``PILOT_OPCUA_USERS`` holds entries
-``name:role:password`` separated by ``;`` or newlines, and ``PILOT_OPCUA_SECRETS`` may name a file
-with one such entry per line (``#`` comments). Roles: viewer, operator, engineer. Passwords are kept
-only as salted PBKDF2 hashes in memory and never logged. A client's own credentials come from
-``PILOT_OPCUA_USER`` / ``PILOT_OPCUA_PASSWORD``.
+Users and roles: ``users.py``; a client's use of all this: ``client_security.ClientSecurity``;
+a server's: ``server_security.secure_server``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 import ipaddress
 import logging
 import os
 import re
 import socket
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from asyncua import ua
 from asyncua.common.utils import ServiceError
 from asyncua.crypto import cert_gen
-from asyncua.crypto.permission_rules import (
-    USER_TYPES,
-    PermissionRuleset,
-    User,
-    UserRole,
-)
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .tagmap import Role
-
 log = logging.getLogger(__name__)
 
-USERS_ENV = "PILOT_OPCUA_USERS"
-SECRETS_ENV = "PILOT_OPCUA_SECRETS"
-CLIENT_USER_ENV = "PILOT_OPCUA_USER"
-CLIENT_PASSWORD_ENV = "PILOT_OPCUA_PASSWORD"
-SECURITY_MODES = ("None", "Sign", "SignAndEncrypt")
 
 
 class SecurityError(Exception):
@@ -121,6 +104,25 @@ def create_certificate(pki: Pki, app_uri: str, common_name: str = "pilot-line",
     return pki.cert
 
 
+def default_app_uri() -> str:
+    """The ApplicationUri of a certificate created on first use: ``urn:HOST:pilot-line``."""
+    return f"urn:{socket.gethostname()}:pilot-line"
+
+
+def ensure_certificate(pki: Pki, app_uri: str | None = None) -> Path:
+    """The PKI folder's own certificate, created (and logged with its path and SHA-256
+    fingerprint) when it is missing. One certificate per process, for server and client use."""
+    if pki.cert.is_file():
+        return pki.cert
+    if pki.key.exists():
+        raise SecurityError(f"{pki.key} exists but {pki.cert} does not: restore the certificate or remove the key "
+                            f"and let a new pair be created")
+    path = create_certificate(pki, app_uri or default_app_uri())
+    log.info("created the application certificate %s (SHA-256 %s); peers trust it by copying it into their "
+             "trusted/ folder", path, fingerprint(_load_cert(path.read_bytes())))
+    return path
+
+
 def _redated(cert: x509.Certificate, key, not_before: dt.datetime, not_after: dt.datetime) -> x509.Certificate:
     """The same certificate (subject, serial, key, extensions) with another validity period."""
     builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(cert.issuer)
@@ -181,7 +183,11 @@ class TrustList:
         self.last_refusal: str | None = None
 
     def trusted_fingerprints(self) -> set[str]:
+        """The certificates in ``trusted/``, and the application's own (a server and a client of one
+        process, or of one host sharing the PKI folder, trust each other with no trust step)."""
         out = set()
+        if self.pki.cert.is_file():
+            out.add(fingerprint(_load_cert(self.pki.cert.read_bytes())))
         for f in sorted(self.pki.trusted.glob("*")):
             if f.suffix.lower() in (".der", ".pem", ".crt", ".cer"):
                 try:
@@ -261,7 +267,13 @@ def _session_channel_unsecured() -> bool:
     """True when the CreateSession being validated came over a SecurityMode None channel.
 
     asyncua calls the certificate validator from CreateSession without telling which channel the
-    request came on; its UaProcessor (a caller a few frames up) holds the channel's policy."""
+    request came on: our servers' processor says it (``server_sessions.request_channel_mode``);
+    elsewhere asyncua's UaProcessor, a caller a few frames up, holds the channel's policy."""
+    from .server_sessions import request_channel_mode
+
+    mode = request_channel_mode()
+    if mode is not None:
+        return mode == ua.MessageSecurityMode.None_
     frame = sys._getframe(1)
     for _ in range(12):
         frame = frame.f_back
@@ -272,112 +284,3 @@ def _session_channel_unsecured() -> bool:
         if policy is not None:
             return policy.Mode == ua.MessageSecurityMode.None_
     return False
-
-
-# -- users and roles -------------------------------------------------------------------------
-def _hash(password: str, salt: bytes) -> bytes:
-    return hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 20_000)
-
-
-class UserDirectory:
-    """Username -> (salted hash, role). Built from the environment; never holds plain passwords."""
-
-    def __init__(self) -> None:
-        self._users: dict[str, tuple[bytes, bytes, Role]] = {}
-
-    def add(self, name: str, password: str, role: Role | str) -> None:
-        if not name or not password:
-            raise SecurityError("a user needs a name and a non-empty password")
-        salt = os.urandom(16)
-        self._users[name] = (salt, _hash(password, salt), Role.parse(role) if isinstance(role, str) else role)
-
-    def __len__(self) -> int:
-        return len(self._users)
-
-    def names(self) -> list[str]:
-        return sorted(self._users)
-
-    def role_of(self, name: str | None) -> Role:
-        if name is None or name not in self._users:
-            return Role.ANONYMOUS
-        return self._users[name][2]
-
-    def authenticate(self, name: str, password: str | bytes | None) -> Role | None:
-        entry = self._users.get(name)
-        if entry is None or password is None:
-            return None
-        if isinstance(password, bytes):
-            password = password.decode("utf-8", "replace")
-        salt, digest, role = entry
-        return role if hmac.compare_digest(digest, _hash(password, salt)) else None
-
-    @classmethod
-    def parse(cls, text: str, source: str) -> UserDirectory:
-        users = cls()
-        for n, raw in enumerate(re.split(r"[;\n]", text), start=1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = line.split(":", 2)
-            if len(parts) != 3:
-                raise SecurityError(f"{source}, entry {n}: expected name:role:password")
-            name, role, password = (p.strip() for p in parts)
-            try:
-                users.add(name, password, role)
-            except ValueError as exc:
-                raise SecurityError(f"{source}, entry {n} ({name}): {exc}") from None
-        return users
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> UserDirectory:
-        env = os.environ if environ is None else environ
-        users = cls()
-        if env.get(USERS_ENV):
-            users._users.update(cls.parse(env[USERS_ENV], USERS_ENV)._users)
-        if env.get(SECRETS_ENV):
-            path = Path(env[SECRETS_ENV])
-            if not path.is_file():
-                raise SecurityError(f"{SECRETS_ENV} names {path}, which is not a file")
-            users._users.update(cls.parse(path.read_text(), str(path))._users)
-        return users
-
-
-class RoleUserManager:
-    """asyncua user manager: anonymous sessions get the Anonymous role, known users a named User;
-    a wrong password is refused at ActivateSession (BadUserAccessDenied)."""
-
-    def __init__(self, users: UserDirectory):
-        self.users = users
-
-    def get_user(self, iserver, username=None, password=None, certificate=None):
-        if username is None:
-            return User(role=UserRole.Anonymous)
-        role = self.users.authenticate(username, password)
-        if role is None:
-            log.warning("refused login for user %r (unknown user or wrong password)", username)
-            return None
-        return User(role=UserRole.User, name=username)
-
-
-CALL_REQUEST = ua.NodeId(ua.ObjectIds.CallRequest_Encoding_DefaultBinary)
-
-
-class ReadForAllRuleset(PermissionRuleset):
-    """Every session may use the ordinary services (read, browse, subscribe, write requests);
-    whether a write may change a tag is decided per item by role in the PLC server. Method calls
-    (the instructor's controls) need ``call_allowed(user)`` when it is given: refused with
-    BadUserAccessDenied otherwise."""
-
-    def __init__(self, call_allowed=None) -> None:
-        self._allowed = {ua.NodeId(i) for i in USER_TYPES}
-        self._call_allowed = call_allowed
-
-    def check_validity(self, user, action_type_id, body) -> bool:
-        if action_type_id == CALL_REQUEST and self._call_allowed is not None:
-            return bool(self._call_allowed(user))
-        return action_type_id in self._allowed
-
-
-def client_credentials_from_env(environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
-    env = os.environ if environ is None else environ
-    return env.get(CLIENT_USER_ENV) or None, env.get(CLIENT_PASSWORD_ENV) or None

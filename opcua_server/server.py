@@ -8,8 +8,12 @@ with its SourceTimestamp = ``epoch_s + sample.source_time`` (the plant clock). Q
 StatusCode: GOOD -> Good, UNCERTAIN -> UncertainEngineeringUnitsExceeded, BAD -> BadSensorFailure
 (value Null, as OPC UA requires for a Bad value).
 
+Security (endpoints, certificates, users, per-session authorisation, login back-off, no address
+space changes by clients): ``server_security.secure_server``.
+
 Writes (every item, in request order, nothing applied for a refused item):
-- not a tag or diagnostic of ours: asyncua's own rules;
+- not a tag or diagnostic of ours: BadNotWritable for read-only nodes and namespace 0, whatever the
+  role, else asyncua's own rules (``server_security.guarded_write``);
 - read-only tag: BadNotWritable; session role below the tag's role (anonymous is below all):
   BadUserAccessDenied; wrong variant type: BadTypeMismatch; outside [low, high] or not finite:
   BadOutOfRange; otherwise written to the plant (the plant may still refuse) and echoed in the
@@ -24,7 +28,6 @@ import logging
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
@@ -38,15 +41,9 @@ from .address_space import (
     build_address_space,
     install_fast_monitored_items,
 )
-from .security import (
-    Pki,
-    ReadForAllRuleset,
-    RoleUserManager,
-    TrustList,
-    UserDirectory,
-    certificate_uri,
-)
+from .server_security import ServerSecurity, role_of, secure_server
 from .tagmap import Role, TagMap, from_variant_value
+from .users import RoleUserManager
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +52,7 @@ QUALITY_STATUS = {
     Quality.UNCERTAIN: ua.StatusCodes.UncertainEngineeringUnitsExceeded,
     Quality.BAD: ua.StatusCodes.BadSensorFailure,
 }
-_ADMIN = User(role=UserRole.Admin)
-_POLICIES = {
-    "None": ua.SecurityPolicyType.NoSecurity,
-    "Sign": ua.SecurityPolicyType.Basic256Sha256_Sign,
-    "SignAndEncrypt": ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
-}
-
-
-@dataclass
-class ServerSecurity:
-    """Which endpoints to open and who may log in. Secure endpoints need ``pki``."""
-
-    modes: tuple[str, ...] = ("None",)
-    pki: Pki | None = None
-    users: UserDirectory = field(default_factory=UserDirectory)
-    allow_anonymous: bool = True
+_ADMIN = User(role=UserRole.Admin)  # the server's own calls only: no client is ever Admin
 
 
 def _status(sc: int) -> ua.StatusCode:
@@ -120,7 +102,7 @@ class PlcServer:
         await srv.init()
         srv.set_endpoint(self.endpoint)
         srv.set_server_name(self.name)
-        await self._setup_security()
+        await secure_server(srv, self.security, call_allowed=lambda user: self._role(user) >= Role.ENGINEER)
         self.ns = await srv.register_namespace(self.tagmap.namespace_uri)
         snap = self.plant.snapshot()
         initial = {}
@@ -135,28 +117,10 @@ class PlcServer:
         await srv.start()
         await self.publish(force=True)
         log.info("simulated PLC serving %d tags at %s (namespace %s, security %s)", len(self.tagmap),
-                 self.endpoint, self.tagmap.namespace_uri, ",".join(self.security.modes))
+                 self.endpoint, self.tagmap.namespace_uri, self.security.describe())
 
     async def stop(self) -> None:
         await self.server.stop()
-
-    async def _setup_security(self) -> None:
-        sec, srv = self.security, self.server
-        unknown = [m for m in sec.modes if m not in _POLICIES]
-        if unknown:
-            raise ValueError(f"unknown security mode(s) {unknown}: use {sorted(_POLICIES)}")
-        if any(m != "None" for m in sec.modes):
-            if sec.pki is None:
-                raise ValueError("Sign / SignAndEncrypt endpoints need a PKI folder (pilot opcua certs)")
-            sec.pki.check()
-            await srv.set_application_uri(certificate_uri(sec.pki.cert))
-            await srv.load_certificate(str(sec.pki.cert))
-            await srv.load_private_key(str(sec.pki.key))
-            srv.set_certificate_validator(TrustList(sec.pki, "client"))
-        srv.set_security_policy([_POLICIES[m] for m in sec.modes], permission_ruleset=ReadForAllRuleset(
-            call_allowed=lambda user: self._role(user) >= Role.ENGINEER))  # methods: instructor controls
-        tokens = [ua.UserNameIdentityToken] + ([ua.AnonymousIdentityToken] if sec.allow_anonymous else [])
-        srv.set_identity_tokens(tokens)
 
     # -- scan ----------------------------------------------------------------------------
     def _stamp(self, source_time: float) -> dt.datetime:
@@ -228,12 +192,8 @@ class PlcServer:
             await sleep_unless(stop, max(0.0, min(wake - time.monotonic(), 0.5)))
 
     # -- writes --------------------------------------------------------------------------
-    def _role(self, user: User) -> Role:
-        if user.role == UserRole.Admin:
-            return Role.ENGINEER
-        if user.role == UserRole.Anonymous or user.name is None:
-            return Role.ANONYMOUS
-        return self.security.users.role_of(user.name)
+    def _role(self, user: User | None) -> Role:
+        return role_of(self.security, user)
 
     async def _write(self, params: ua.WriteParameters, user: User = _ADMIN) -> list[ua.StatusCode]:
         results: list[ua.StatusCode | None] = [None] * len(params.NodesToWrite)

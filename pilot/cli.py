@@ -16,7 +16,7 @@ from pilot_config import config_schema
 
 from .cli_common import config_path_or_env, fail, load_or_fail
 from .cli_historian import historian_app
-from .cli_opcua import opcua_app
+from .cli_opcua import AnonymousOpt, ServerPkiOpt, ServerSecurityOpt, opcua_app
 from .durations import duration_or_fail, parse_duration
 
 app = typer.Typer(
@@ -182,17 +182,14 @@ def plc_sim_cmd(
     speed: Annotated[float, typer.Option(help="plant time runs X times faster than real time")] = 1.0,
     duration: Annotated[Optional[str], typer.Option(
         help="stop after this much plant time (30min, 24h); default: run until Ctrl-C")] = None,
-    pki: Annotated[Optional[Path], typer.Option(
-        help="PKI folder with own/ certificate and key and trusted/ peers (`pilot opcua certs`)")] = None,
-    security: Annotated[str, typer.Option(
-        help="comma list of None, Sign, SignAndEncrypt (Basic256Sha256)")] = "None",
-    anonymous: Annotated[bool, typer.Option(
-        help="accept anonymous sessions (they may only read)")] = True,
+    pki: ServerPkiOpt = None,
+    security: ServerSecurityOpt = None,
+    anonymous: AnonymousOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="sensor-noise seed (default: from the config)")] = None,
 ) -> None:
     """Serve the config's PLC tags over OPC UA, driven by the twin in real time (or X times faster).
 
-    Measurements are read-only AnalogItems with EURange and EngineeringUnits; setpoints are writable by the operator role, limits and tuning by the engineer role; anonymous sessions only read. Users and roles come from PILOT_OPCUA_USERS / PILOT_OPCUA_SECRETS, never from the YAML. Out-of-range writes are refused with BadOutOfRange. See docs/opcua.md.
+    Measurements are read-only AnalogItems with EURange and EngineeringUnits; setpoints are writable by the operator role, limits and tuning by the engineer role; anonymous sessions only read, and are accepted only when no users are configured unless --anonymous says otherwise. Users and roles come from PILOT_OPCUA_USERS / PILOT_OPCUA_SECRETS, never from the YAML (passwords of at least PILOT_OPCUA_MIN_PASSWORD_LENGTH characters, default 12). Each request is authorised by its own session; failed logins are answered ever later (per client). Out-of-range writes are refused with BadOutOfRange. See docs/opcua.md and docs/security.md.
     """
     from .cli_opcua import plc_sim
 
@@ -202,7 +199,8 @@ def plc_sim_cmd(
             pki=pki, security=security, allow_anonymous=anonymous, seed=seed)
 
 
-from .cli_run import alarms_app, run_cmd  # noqa: E402  (loop helper: pilot run, pilot alarms)
+from .cli_alarms import alarms_app  # noqa: E402  (pilot alarms)
+from .cli_run import run_cmd  # noqa: E402  (pilot run)
 
 app.command("run")(run_cmd)
 app.add_typer(alarms_app, name="alarms")

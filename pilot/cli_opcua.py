@@ -5,14 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 from urllib.parse import urlparse
 
 import typer
 from rich.console import Console
+
+from .cli_security import (
+    AllowPlaintextOpt,
+    PasswordFileOpt,
+    PkiOpt,
+    SecurityModeOpt,
+    SecurityPolicyOpt,
+    UserOpt,
+    client_security_or_fail,
+)
 
 err = Console(stderr=True)
 opcua_app = typer.Typer(help="OPC UA tools: browse a live server, create certificates.",
@@ -27,6 +38,9 @@ def _fail(message: str, code: int = 2) -> None:
 def check_endpoint(url: str) -> str:
     """opc.tcp://host:port[/path] or a clear error."""
     parsed = urlparse(url)
+    if "@" in parsed.netloc:  # never echo it: it would print the password
+        _fail("credentials do not belong in an endpoint URL (it is logged and shown): give the user "
+              "with --user / PILOT_OPCUA_USER and the password with PILOT_OPCUA_PASSWORD or --password-file")
     if parsed.scheme != "opc.tcp" or not parsed.hostname:
         _fail(f"bad endpoint {url!r}: expected opc.tcp://HOST:PORT, e.g. opc.tcp://127.0.0.1:4840")
     try:
@@ -45,17 +59,26 @@ def browse_cmd(
     namespace: Annotated[str | None, typer.Option(help="namespace URI to list (default: the largest)")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write the YAML here")] = None,
     timeout: Annotated[float, typer.Option(min=0.5, max=120, help="request timeout, seconds")] = 5.0,
+    security_policy: SecurityPolicyOpt = "auto",
+    security_mode: SecurityModeOpt = "auto",
+    pki: PkiOpt = Path("pki"),
+    user: UserOpt = None,
+    password_file: PasswordFileOpt = None,
+    allow_plaintext_password: AllowPlaintextOpt = False,
 ) -> None:
     """Walk a live OPC UA server and print a tag-map YAML fragment to start a config from.
-    Credentials, if the server needs them, come from PILOT_OPCUA_USER / PILOT_OPCUA_PASSWORD."""
+    Connects to the most secure endpoint the server offers (see the security options)."""
     from opcua_server.browse import browse
-    from opcua_server.security import client_credentials_from_env
+    from opcua_server.security import SecurityError
 
     check_endpoint(url)
-    user, password = client_credentials_from_env()
+    security = client_security_or_fail(security_policy, security_mode, pki, user, password_file,
+                                       allow_plaintext_password)
     logging.getLogger("asyncua").setLevel(logging.CRITICAL)
     try:
-        text = asyncio.run(asyncio.wait_for(browse(url, namespace, timeout, user, password), timeout * 20))
+        text = asyncio.run(asyncio.wait_for(browse(url, namespace, timeout, security), timeout * 20))
+    except SecurityError as exc:
+        _fail(str(exc))
     except (TimeoutError, OSError, ConnectionError) as exc:
         _fail(f"cannot reach {url}: {exc or type(exc).__name__}")
     except ValueError as exc:
@@ -71,16 +94,28 @@ def browse_cmd(
 
 @opcua_app.command("certs")
 def certs_cmd(
-    pki: Annotated[Path, typer.Option(help="PKI folder (own/, trusted/, rejected/)")] = Path("pki"),
-    app_uri: Annotated[str, typer.Option(help="application URI written into the certificate")] = "urn:pilot-line:plc-sim",
+    pki: Annotated[Path, typer.Option(envvar="PILOT_OPCUA_PKI", help="PKI folder (own/, trusted/, rejected/)")] = Path("pki"),
+    app_uri: Annotated[Optional[str], typer.Option(
+        help="application URI written into the certificate (default: urn:HOST:pilot-line, as a certificate "
+             "created on first use)", show_default=False)] = None,
     name: Annotated[str, typer.Option(help="certificate common name")] = "pilot-line",
     host: Annotated[list[str] | None, typer.Option(help="host names / IPs (repeatable)")] = None,
     days: Annotated[int, typer.Option(min=1, max=3650, help="validity, days")] = 365,
     overwrite: Annotated[bool, typer.Option(help="replace an existing certificate")] = False,
 ) -> None:
-    """Create an application instance certificate and key (Basic256Sha256-capable, self-signed)."""
-    from opcua_server.security import Pki, SecurityError, create_certificate
+    """Create an application instance certificate and key (self-signed, 2048-bit RSA, SHA-256: every
+    policy Basic256Sha256, Aes128_Sha256_RsaOaep, Aes256_Sha256_RsaPss; server and client use)."""
+    from cryptography import x509
 
+    from opcua_server.security import (
+        Pki,
+        SecurityError,
+        create_certificate,
+        default_app_uri,
+        fingerprint,
+    )
+
+    app_uri = default_app_uri() if app_uri is None else app_uri
     if not app_uri.strip() or ":" not in app_uri:
         _fail(f"bad application URI {app_uri!r}: expected something like urn:site:app")
     try:
@@ -89,8 +124,9 @@ def certs_cmd(
         _fail(f"{exc} (use --overwrite)")
     except OSError as exc:
         _fail(f"cannot write into {pki}: {exc.strerror}")
-    err.print(f"certificate {cert}\nkey         {Pki(pki).key}\ntrust peers by copying their certificates into "
-              f"{Pki(pki).trusted}/")
+    sha = fingerprint(x509.load_der_x509_certificate(cert.read_bytes()))
+    err.print(f"certificate {cert} (SHA-256 {sha})\nkey         {Pki(pki).key}\ntrust peers by copying their "
+              f"certificates into {Pki(pki).trusted}/; peers trust this one by copying {cert} into theirs")
 
 
 def _check_free(url: str) -> None:
@@ -103,38 +139,70 @@ def _check_free(url: str) -> None:
             _fail(f"cannot serve at {url}: {exc.strerror} (is another server running there?)")
 
 
-def plc_sim(config_path: Path | None = None, endpoint: str | None = None, speed: float = 1.0, *,
-            duration_s: float | None = None, pki: Path | None = None, security: str = "None",
-            allow_anonymous: bool = True, seed: int | None = None) -> None:
-    """Serve the config's tags from the twin in real time × ``speed`` (``pilot plc-sim``).
-    ``security`` is a comma list of None, Sign, SignAndEncrypt; users come from PILOT_OPCUA_USERS /
-    PILOT_OPCUA_SECRETS."""
-    from opcua_server.plc_sim import run_plc_sim
-    from opcua_server.security import SECURITY_MODES, SecurityError, UserDirectory
-    from pilot_config import ConfigError, load_config
+SERVER_SECURITY_HELP = ("endpoints: comma list of None, Sign, SignAndEncrypt (Basic256Sha256), POLICY:MODE "
+                        "(POLICY Basic256Sha256, Aes128_Sha256_RsaOaep or Aes256_Sha256_RsaPss; MODE Sign or "
+                        "SignAndEncrypt), or secure (every policy, both modes)")
+ServerSecurityOpt = Annotated[Optional[str], typer.Option(
+    "--security", envvar="PILOT_OPCUA_SERVER_SECURITY", show_default=False,
+    help=SERVER_SECURITY_HELP + "; default None (quick start)")]
+ServerPkiOpt = Annotated[Optional[Path], typer.Option(
+    "--pki", envvar="PILOT_OPCUA_PKI", show_default=False,
+    help="PKI folder: own/ certificate and key (created on first start), trusted/ client certificates, "
+         "rejected/ (default: pki when an endpoint is secure)")]
+AnonymousOpt = Annotated[Optional[bool], typer.Option(
+    "--anonymous/--no-anonymous", show_default=False,
+    help="accept anonymous sessions (they may only read); default (and PILOT_OPCUA_ANONYMOUS=auto): only "
+         "when no users are configured")]
 
-    if not speed > 0 or speed > 1e6:
-        _fail(f"bad speed {speed}: it must be > 0 (1 = real time)")
-    modes = tuple(m.strip() for m in security.split(",") if m.strip())
-    unknown = [m for m in modes if m not in SECURITY_MODES]
-    if unknown or not modes:
-        _fail(f"unknown security mode(s) {unknown or security!r}: use a comma list of {', '.join(SECURITY_MODES)}")
-    if any(m != "None" for m in modes) and pki is None:
-        _fail("Sign / SignAndEncrypt need --pki DIR (create it with `pilot opcua certs --pki DIR`)")
+
+def server_security_or_fail(spec: str | None, pki: Path | None, anonymous: bool | None, *,
+                            flag: str = "--security", env: str = "PILOT_OPCUA_SERVER_SECURITY",
+                            default: str = "None"):
+    """The ``ServerSecurity`` of a server command's options and the environment (users, anonymous
+    access), or one red line naming the option or variable and what is allowed, and exit 2."""
+    from opcua_server.security import SecurityError
+    from opcua_server.server_security import parse_endpoints, server_security_from_env
+
     try:
-        config = load_config(config_path)
-        users = UserDirectory.from_env()
-    except ConfigError as exc:
-        _fail("the configuration has problems:\n  " + "\n  ".join(str(i) for i in exc.issues))
+        parse_endpoints(spec if spec is not None else os.environ.get(env) or default)
+    except SecurityError as exc:
+        _fail(f"{flag} / {env}: {exc}")
+    try:
+        security = server_security_from_env(spec=spec, pki=pki, allow_anonymous=anonymous, spec_env=env,
+                                            default_spec=default)
+        security.check()
     except SecurityError as exc:
         _fail(str(exc))
+    return security
+
+
+def plc_sim(config_path: Path | None = None, endpoint: str | None = None, speed: float = 1.0, *,
+            duration_s: float | None = None, pki: Path | None = None, security: str | None = None,
+            allow_anonymous: bool | None = None, seed: int | None = None) -> None:
+    """Serve the config's tags from the twin in real time × ``speed`` (``pilot plc-sim``).
+    ``security``: the endpoints (``server_security.parse_endpoints``; default PILOT_OPCUA_SERVER_SECURITY,
+    else None); users come from PILOT_OPCUA_USERS / PILOT_OPCUA_SECRETS; ``allow_anonymous`` None:
+    PILOT_OPCUA_ANONYMOUS, else only when no users are configured."""
+    from opcua_server.plc_sim import run_plc_sim
+    from opcua_server.security import SecurityError
+    from pilot_config import ConfigError, load_config
+
+    from .secrets import check_secrets_or_fail
+
+    check_secrets_or_fail(_fail)  # example passwords and tokens, the user store's password policy
+    if not speed > 0 or speed > 1e6:
+        _fail(f"bad speed {speed}: it must be > 0 (1 = real time)")
+    server_security = server_security_or_fail(security, pki, allow_anonymous)
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        _fail("the configuration has problems:\n  " + "\n  ".join(str(i) for i in exc.issues))
     url = check_endpoint(endpoint or config.opcua.endpoint)
     _check_free(url)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("asyncua").setLevel(logging.WARNING)
     try:
-        asyncio.run(run_plc_sim(config, url, speed, seed=seed, pki=pki, security_modes=modes, users=users,
-                                allow_anonymous=allow_anonymous, duration_s=duration_s))
+        asyncio.run(run_plc_sim(config, url, speed, seed=seed, security=server_security, duration_s=duration_s))
     except KeyboardInterrupt:
         err.print("stopped")
     except SecurityError as exc:

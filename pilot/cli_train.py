@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_opcua import AnonymousOpt, ServerPkiOpt, ServerSecurityOpt
 from .durations import duration_or_fail
 
 err = Console(stderr=True)
@@ -206,17 +207,23 @@ def serve_cmd(
     duration: Annotated[str | None, typer.Option(help="stop after this much wall time (default: Ctrl-C)")] = None,
     restore: Annotated[Path | None, typer.Option(help="start from a saved snapshot instead")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
+    pki: ServerPkiOpt = None,
+    security: ServerSecurityOpt = None,
+    anonymous: AnonymousOpt = None,
 ) -> None:
     """Serve a live training session on the simulated PLC, with the instructor's OPC UA methods
-    (Instructor.Freeze / Resume / SetSpeed / Snapshot / Restore / Backtrack / InjectMalfunction)."""
+    (Instructor.Freeze / Resume / SetSpeed / Snapshot / Restore / Backtrack / InjectMalfunction;
+    they need the engineer role). Security options and users as for `pilot plc-sim`."""
     import asyncio
 
     from opcua_server.instructor import MAX_SPEED, serve_training
+    from opcua_server.security import SecurityError
     from pilot.training.session import Action, TrainingSession
 
     from .cli_common import load_or_fail
-    from .cli_opcua import check_endpoint
+    from .cli_opcua import check_endpoint, server_security_or_fail
 
+    server_security = server_security_or_fail(security, pki, anonymous)  # before the session is built
     sc = _scenario(scenario)
     config = load_or_fail(config_path)
     if restore is not None:
@@ -230,7 +237,12 @@ def serve_cmd(
     out.print(f"training session {session.session_id} ({sc.name}) at {url}; Ctrl-C to stop")
     try:
         asyncio.run(serve_training(session, url, speed=MAX_SPEED if sp is None else sp,
-                                   duration_s=None if duration is None else _duration(duration)))
+                                   duration_s=None if duration is None else _duration(duration),
+                                   security=server_security, restore=TrainingSession.restore))
     except KeyboardInterrupt:
         pass
+    except SecurityError as exc:  # e.g. a PKI folder with a key but no certificate
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot serve at {url}: {exc.strerror or exc}")
     out.print(f"stopped at session time {session.t:.0f} s")

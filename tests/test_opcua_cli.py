@@ -40,7 +40,7 @@ def test_bad_input_gives_one_clear_line_no_traceback():
     for kwargs, text in (({"endpoint": "opc.tcp://127.0.0.1:99999"}, "port"),
                          ({"endpoint": "opc.tcp://127.0.0.1"}, "give the port"),
                          ({"speed": 0}, "bad speed"), ({"security": "Basic128"}, "unknown security"),
-                         ({"security": "SignAndEncrypt"}, "--pki")):
+                         ({"allow_anonymous": False}, "nobody could log in")):  # no users configured
         try:
             plc_sim(None, **kwargs)
         except typer.Exit as exc:

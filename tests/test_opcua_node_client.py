@@ -15,8 +15,9 @@ from opcua_server.node_interop import (
     free_port,
     node_available,
 )
-from opcua_server.security import UserDirectory
-from opcua_server.server import PlcServer, ServerSecurity
+from opcua_server.server import PlcServer
+from opcua_server.server_security import ServerSecurity, parse_endpoints
+from opcua_server.users import UserDirectory
 from pilot_config import load_config
 from twin.plant import TwinPlant
 
@@ -60,9 +61,12 @@ def _result(stdout: str) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
+OP_PASSWORD = "operator-secret-1"
+
+
 def _users() -> UserDirectory:
     users = UserDirectory()
-    users.add("op", "op-secret", "operator")
+    users.add("op", OP_PASSWORD, "operator")
     return users
 
 
@@ -70,8 +74,9 @@ def _users() -> UserDirectory:
 def test_node_client_against_plc_server(node_modules, config, pkis, mode):
     server_pki, client_pki = pkis
     shutil.copy(client_pki.cert, server_pki.trusted / "node-client.der")
-    security = ServerSecurity(modes=("None", "Sign", "SignAndEncrypt"), pki=server_pki, users=_users())
-    argv = [mode, "op", "op-secret"]
+    security = ServerSecurity(endpoints=parse_endpoints("None,Sign,SignAndEncrypt"), pki=server_pki, users=_users(),
+                              allow_anonymous=True)  # the script's first session is anonymous
+    argv = [mode, "op", OP_PASSWORD]
     if mode != "None":
         argv += [str(client_pki.cert.with_suffix(".pem")), str(client_pki.key), "urn:pilot-line:node-client"]
     out, server = asyncio.run(_serve_and_run(config, security, argv))
@@ -98,8 +103,9 @@ def test_node_client_against_plc_server(node_modules, config, pkis, mode):
 
 def test_untrusted_node_client_is_refused_naming_the_file(node_modules, config, pkis, caplog):
     server_pki, client_pki = pkis  # the client's certificate is NOT in the server's trust list
-    security = ServerSecurity(modes=("SignAndEncrypt",), pki=server_pki, users=_users())
-    argv = ["SignAndEncrypt", "op", "op-secret", str(client_pki.cert.with_suffix(".pem")), str(client_pki.key),
+    security = ServerSecurity(endpoints=parse_endpoints("SignAndEncrypt"), pki=server_pki, users=_users(),
+                              allow_anonymous=True)
+    argv = ["SignAndEncrypt", "op", OP_PASSWORD, str(client_pki.cert.with_suffix(".pem")), str(client_pki.key),
             "urn:pilot-line:node-client"]
     with caplog.at_level(logging.WARNING, logger="opcua_server.security"):
         out, _ = asyncio.run(_serve_and_run(config, security, argv))

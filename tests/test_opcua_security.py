@@ -12,9 +12,11 @@ import pytest
 
 from opcua_server.bridge import ClientSecurity, OpcUaBridge
 from opcua_server.node_interop import free_port
-from opcua_server.security import Pki, SecurityError, UserDirectory, create_certificate
-from opcua_server.server import PlcServer, ServerSecurity
+from opcua_server.security import Pki, SecurityError, create_certificate
+from opcua_server.server import PlcServer
+from opcua_server.server_security import ServerSecurity, parse_endpoints
 from opcua_server.tagmap import Role, required_role
+from opcua_server.users import UserDirectory
 from pilot_config import load_config
 from twin.plant import TwinPlant
 
@@ -27,7 +29,7 @@ def config():
 def test_users_from_env_and_secrets_file(tmp_path):
     secrets = tmp_path / "users.txt"
     secrets.write_text("# plant users\neve:engineer:e:with:colons\n")
-    users = UserDirectory.from_env({"PILOT_OPCUA_USERS": "vic:viewer:v1; op:operator:o1",
+    users = UserDirectory.from_env({"PILOT_OPCUA_USERS": "vic:viewer:viewer-pass-01; op:operator:operator-pass-1",
                                     "PILOT_OPCUA_SECRETS": str(secrets)})
     assert users.names() == ["eve", "op", "vic"]
     assert users.authenticate("eve", "e:with:colons") == Role.ENGINEER
@@ -53,25 +55,28 @@ async def _roles_over_secure_channel(config, tmp_path, caplog) -> dict:
     create_certificate(client_pki, "urn:pilot-line:bridge")
     shutil.copy(client_pki.cert, server_pki.trusted / "bridge.der")
     shutil.copy(server_pki.cert, client_pki.trusted / "plc.der")
-    users = UserDirectory.parse("op:operator:op-pw;eng:engineer:eng-pw;vic:viewer:vic-pw", "test")
+    users = UserDirectory.parse("op:operator:operator-pw-01;eng:engineer:engineer-pw-01;vic:viewer:viewer-pw-0001",
+                                "test")
     port = free_port()
     url = f"opc.tcp://127.0.0.1:{port}"
     server = PlcServer(config.tags, config.opcua.namespace_uri, TwinPlant(config, seed=0), url, epoch_s=time.time(),
-                       security=ServerSecurity(modes=("Sign", "SignAndEncrypt"), pki=server_pki, users=users))
+                       security=ServerSecurity(endpoints=parse_endpoints("Sign,SignAndEncrypt"), pki=server_pki,
+                                               users=users))
     await server.start()
     out = {}
     try:
-        for user, pw, mode in (("vic", "vic-pw", "Sign"), ("op", "op-pw", "SignAndEncrypt"),
-                               ("eng", "eng-pw", "SignAndEncrypt")):
-            async with OpcUaBridge(url, config.tags, config.opcua.namespace_uri, username=user, password=pw,
-                                   security=ClientSecurity(client_pki, mode)) as b:
+        for user, pw, mode in (("vic", "viewer-pw-0001", "Sign"), ("op", "operator-pw-01", "SignAndEncrypt"),
+                               ("eng", "engineer-pw-01", "SignAndEncrypt")):
+            async with OpcUaBridge(url, config.tags, config.opcua.namespace_uri,
+                                   security=ClientSecurity(mode=mode, pki=client_pki, username=user, password=pw)) as b:
                 out[user] = await b.write({"ADS.FEED.FLOW_SP": 150.0, "ADS.BT_LIMIT_SP": 7.5})
                 out[user + "_read"] = len(await b.read_now())
         with pytest.raises(SecurityError, match="refused user op"):
-            await OpcUaBridge(url, config.tags, config.opcua.namespace_uri, username="op", password="nope",
-                              security=ClientSecurity(client_pki)).start()
+            await OpcUaBridge(url, config.tags, config.opcua.namespace_uri,
+                              security=ClientSecurity(pki=client_pki, username="op", password="wrong-password")).start()
         with pytest.raises(SecurityError, match="no endpoint with security None"):
-            await OpcUaBridge(url, config.tags, config.opcua.namespace_uri).start()  # no None endpoint
+            await OpcUaBridge(url, config.tags, config.opcua.namespace_uri,
+                              security=ClientSecurity("None", "None", client_pki)).start()  # no None endpoint
     finally:
         await server.stop()
     return out
@@ -86,5 +91,5 @@ def test_roles_over_basic256sha256(config, tmp_path, caplog):
     assert set(out["eng"].accepted) == {"ADS.FEED.FLOW_SP", "ADS.BT_LIMIT_SP"}
     assert out["vic_read"] == len(load_config().tags)  # a viewer reads everything
     logged = "\n".join(r.getMessage() for r in caplog.records)
-    for secret in ("op-pw", "eng-pw", "vic-pw", "nope"):
+    for secret in ("operator-pw-01", "engineer-pw-01", "viewer-pw-0001", "wrong-password"):
         assert secret not in logged  # passwords never reach the logs

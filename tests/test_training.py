@@ -147,26 +147,30 @@ def test_shipped_scenario_scripted_trainee(line, path, tmp_path):
 
 def test_opcua_instructor_freeze_keeps_server_responsive(line, tmp_path, monkeypatch):
     """Freeze stops plant time while the simulated PLC keeps answering reads (heartbeat, tags).
-    The instructor's methods need the engineer role: an anonymous call is refused."""
+    The instructor's methods need the engineer role: an operator's call is refused, and with users
+    configured anonymous sessions are not accepted at all."""
     from asyncua import Client, ua
 
     from opcua_server.instructor import serve_training
     from opcua_server.node_interop import free_port
 
-    monkeypatch.setenv("PILOT_OPCUA_USERS", "instructor:engineer:s3cret;trainee:operator:t")
+    monkeypatch.setenv("PILOT_OPCUA_USERS", "instructor:engineer:instructor-secret;trainee:operator:trainee-secret")
     session = TrainingSession(line, session_id="train-opcua")
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}"
 
     async def scenario():
         stop, started = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(serve_training(session, endpoint, speed=200.0, stop=stop, started=started))
+        task = asyncio.create_task(serve_training(session, endpoint, speed=200.0, stop=stop, started=started,
+                                                  restore=TrainingSession.restore))
         await asyncio.wait_for(started.wait(), 30)
         try:
-            for user in (None, "trainee"):  # anonymous and operator sessions may not drive the session
+            with pytest.raises(ua.UaStatusCodeError, match="BadIdentityTokenRejected"):
+                async with Client(endpoint, timeout=10):  # anonymous: refused at ActivateSession
+                    pass
+            for user in ("trainee",):  # an operator session may not drive the session
                 anon = Client(endpoint, timeout=10)
-                if user:
-                    anon.set_user(user)
-                    anon.set_password("t")
+                anon.set_user(user)
+                anon.set_password("trainee-secret")
                 async with anon:
                     ns = await anon.get_namespace_index(line.opcua.namespace_uri)
                     with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):
@@ -174,7 +178,7 @@ def test_opcua_instructor_freeze_keeps_server_responsive(line, tmp_path, monkeyp
                             ua.NodeId("Instructor.Freeze", ns))
             client = Client(endpoint, timeout=10)
             client.set_user("instructor")
-            client.set_password("s3cret")
+            client.set_password("instructor-secret")
             async with client as c:
                 ns = await c.get_namespace_index(line.opcua.namespace_uri)
                 inst = c.get_node(ua.NodeId("Instructor", ns))
