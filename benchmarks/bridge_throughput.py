@@ -5,6 +5,7 @@ p50/p95 from SourceTimestamp to handoff (the bridge's listener call / node's 'ch
 each client's CPU share (cores). Goal: no loss, p95 < 250 ms, under one core.
 
 Usage: python benchmarks/bridge_throughput.py [--tags 2000] [--hz 5] [--seconds 15]
+(the bridge's client security from the environment, PILOT_OPCUA_SECURITY_POLICY and the rest)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from opcua_server.bridge import OpcUaBridge
+from opcua_server.client_security import ClientSecurity
 from opcua_server.node_interop import NodeScript, free_port
 from pilot_config.tags import Tag
 
@@ -42,7 +44,7 @@ async def run_bridge(url: str, n: int, sampling_ms: float, warmup: float, second
             state["count"] += 1
             state["lat"].append(time.time() - sample.source_time)
 
-    bridge = OpcUaBridge(url, tags, NS, listener=listener)
+    bridge = OpcUaBridge(url, tags, NS, listener=listener, security=ClientSecurity.from_env())
     await bridge.start()
     await asyncio.sleep(warmup)
     c0, t0 = time.process_time(), time.monotonic()

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from opcua_server.bridge import OpcUaBridge
+from opcua_server.client_security import ClientSecurity
 from opcua_server.node_interop import free_port, wait_port
 from pilot_config.tags import Tag
 from twin.signals import Quality, Sample, WriteResult
@@ -84,7 +85,8 @@ async def measure(case: str, tags: list[Tag], ns: str, argv: list[str], seconds:
     try:
         wait_port(port, 60)
         received = [0]
-        bridge = OpcUaBridge(f"opc.tcp://127.0.0.1:{port}", tags, ns, listener=lambda n, s: None)
+        bridge = OpcUaBridge(f"opc.tcp://127.0.0.1:{port}", tags, ns, listener=lambda n, s: None,
+                             security=ClientSecurity.from_env())  # PILOT_OPCUA_* as every client
         await bridge.start()
         await asyncio.sleep(3.0)  # warm-up
         c0, n0, t0 = cpu_seconds(proc.pid), bridge.stats.changes, time.monotonic()

@@ -15,6 +15,9 @@ the twin's simulated PLC alike.
   exponential backoff (``backoff_s``), re-creates every subscription, logs one INFO line when
   back. A write while down is refused ("connection down"); a write whose link drops in flight is
   refused ("outcome unknown") and never resent.
+- Security: every connect and reconnect goes through ``client_security.connect_client`` with the
+  bridge's ``ClientSecurity`` (endpoint choice, server certificate check, user). A refusal is a
+  ``SecurityError`` at ``start()``; while reconnecting it is logged once (WARNING) and retried.
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ from dataclasses import dataclass, field
 
 from asyncua import Client, ua
 from asyncua.common.subscription import Subscription
-from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
 from pilot_config.tags import Tag
 from twin.signals import Quality, Sample, Snapshot, WriteResult
 
-from .security import Pki, SecurityError, TrustList, certificate_uri
+from .client_security import ClientSecurity, connect_client
+from .security import SecurityError
 from .tagmap import TagEntry, TagMap, from_variant_value
 
 log = logging.getLogger(__name__)
@@ -63,20 +66,6 @@ def sample_of(dv: ua.DataValue, received: float) -> Sample:
 def chunks(seq: list, size: int) -> Iterable[list]:
     for i in range(0, len(seq), max(1, size)):
         yield seq[i:i + size]
-
-
-@dataclass
-class ClientSecurity:
-    """Basic256Sha256 with Sign or SignAndEncrypt using our certificate; the server's certificate
-    must be in ``pki.trusted``."""
-
-    pki: Pki
-    mode: str = "SignAndEncrypt"
-
-    def message_mode(self) -> ua.MessageSecurityMode:
-        if self.mode not in ("Sign", "SignAndEncrypt"):
-            raise SecurityError(f"unknown security mode {self.mode!r}: use Sign or SignAndEncrypt")
-        return getattr(ua.MessageSecurityMode, self.mode)
 
 
 class LinkDown(Exception):
@@ -129,6 +118,7 @@ class _FastSubscription(Subscription):
 class BridgeStats:
     changes: int = 0
     reconnects: int = 0
+    refusals: int = 0  # reconnect attempts refused by security (certificate, user)
     outages: list[tuple[float, float | None]] = field(default_factory=list)
 
 
@@ -136,17 +126,15 @@ class OpcUaBridge:
     """PlantIO over OPC UA. Use ``async with OpcUaBridge(...)`` or ``start()`` / ``close()``."""
 
     def __init__(self, url: str, tags: Iterable[Tag], namespace_uri: str, *,
-                 security: ClientSecurity | None = None, username: str | None = None,
-                 password: str | None = None, timeout_s: float = 4.0, watchdog_s: float = 0.5,
+                 security: ClientSecurity | None = None, timeout_s: float = 4.0, watchdog_s: float = 0.5,
                  backoff_s: tuple[float, float] = (0.2, 2.0), listener: SampleListener | None = None,
-                 application_uri: str = "urn:pilot-line:bridge"):
+                 name: str = "pilot-line bridge"):
         self.url = url
         self.tagmap = TagMap(tags, namespace_uri)
-        self.security = security
-        self.username, self._password = username, password
+        self.security = security if security is not None else ClientSecurity()
         self.timeout_s, self.watchdog_s, self.backoff_s = timeout_s, watchdog_s, backoff_s
         self.listeners: list[SampleListener] = [listener] if listener else []
-        self.application_uri = application_uri
+        self.name = name
         self.stats = BridgeStats()
         self._entries: list[TagEntry] = list(self.tagmap)
         self._cache: dict[str, Sample] = {}
@@ -192,50 +180,10 @@ class OpcUaBridge:
         except TimeoutError:
             return False
 
-    def _new_client(self) -> Client:
-        client = Client(self.url, timeout=self.timeout_s, watchdog_intervall=self.watchdog_s)
-        client.application_uri = self.application_uri
-        client.name = client.description = "pilot-line bridge"
-        if self.username:
-            client.set_user(self.username)
-            client.set_password(self._password or "")
-        client.connection_lost_callback = self._on_connection_lost
-        return client
-
-    async def _secure(self, client: Client) -> None:
-        sec = self.security
-        if sec is None:
-            return
-        sec.pki.check()
-        client.application_uri = certificate_uri(sec.pki.cert)
-        client.certificate_validator = TrustList(sec.pki, "server")
-        await client.set_security(SecurityPolicyBasic256Sha256, str(sec.pki.cert), str(sec.pki.key),
-                                  mode=sec.message_mode())
-
     async def _connect(self) -> None:
-        client = self._new_client()
-        try:
-            await self._secure(client)
-            await client.connect()
-        except ua.uaerrors.BadCertificateUntrusted as exc:
-            await self._quiet_disconnect(client)
-            raise SecurityError(self._untrusted_message(client)) from exc
-        except (ua.uaerrors.BadSecurityChecksFailed, ua.uaerrors.BadCertificateInvalid) as exc:
-            await self._quiet_disconnect(client)
-            raise SecurityError(f"{self.url} refused our certificate ({type(exc).__name__}): "
-                                f"{self._own_cert_hint()}") from exc
-        except ua.uaerrors.BadUserAccessDenied as exc:
-            await self._quiet_disconnect(client)
-            raise SecurityError(f"{self.url} refused user {self.username or 'anonymous'}") from exc
-        except ua.UaError as exc:
-            await self._quiet_disconnect(client)
-            if "No matching endpoints" in str(exc):
-                mode = self.security.mode if self.security else "None"
-                raise SecurityError(f"{self.url} offers no endpoint with security {mode}") from exc
-            raise
-        except BaseException:
-            await self._quiet_disconnect(client)
-            raise
+        client = await connect_client(self.url, self.security, timeout_s=self.timeout_s,
+                                      watchdog_s=self.watchdog_s, name=self.name)
+        client.connection_lost_callback = self._on_connection_lost
         try:
             self._ns = await client.get_namespace_index(self.tagmap.namespace_uri)
         except ValueError:
@@ -246,18 +194,6 @@ class OpcUaBridge:
         await self._subscribe()
         self._lost.clear()
         self._connected.set()
-
-    def _untrusted_message(self, client: Client) -> str:
-        trust = client.certificate_validator
-        rejected = sorted(trust.pki.rejected.glob("*"), key=lambda p: p.stat().st_mtime) if trust else []
-        path = rejected[-1] if rejected else "the server's certificate"
-        return (f"untrusted server certificate at {self.url}: to trust it, move {path} into "
-                f"{self.security.pki.trusted}/" if self.security else "untrusted server certificate")
-
-    def _own_cert_hint(self) -> str:
-        if self.security is None:
-            return "no certificate was offered"
-        return f"put our certificate {self.security.pki.cert} into the server's trusted folder"
 
     @staticmethod
     async def _quiet_disconnect(client: Client) -> None:
@@ -353,7 +289,7 @@ class OpcUaBridge:
             self.stats.outages.append((t_down, None))
             log.warning("OPC UA link to %s down; tags marked BAD, reconnecting", self.url)
             await self._drop_client()
-            delay = self.backoff_s[0]
+            delay, refusal = self.backoff_s[0], None
             while not self._closing:
                 try:
                     await self._connect()
@@ -361,7 +297,10 @@ class OpcUaBridge:
                 except (TimeoutError, OSError, ua.UaError, LinkDown, ConnectionError) as exc:
                     log.debug("reconnect to %s failed: %r; next try in %.1f s", self.url, exc, delay)
                 except SecurityError as exc:
-                    log.debug("reconnect to %s refused: %s", self.url, exc)
+                    self.stats.refusals += 1
+                    if str(exc) != refusal:  # a security refusal is logged once, not at every try
+                        refusal = str(exc)
+                        log.warning("reconnect to %s refused: %s", self.url, exc)
                 await self._drop_client()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff_s[1])

@@ -3,7 +3,8 @@
 Every Variable with a string NodeId outside namespace 0 becomes a tag: node id, data type,
 writable (AccessLevel CurrentWrite -> kind setpoint, else sensor), EURange -> low/high,
 EngineeringUnits -> unit, MinimumSamplingInterval -> sampling_interval_ms. ``signal`` is left as a
-placeholder (``TODO.<unit>``) for the engineer to bind to a twin signal.
+placeholder (``TODO.<unit>``) for the engineer to bind to a twin signal. The connection goes
+through ``client_security.connect_client`` (endpoint choice, server certificate check, user).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import re
 
 import yaml
-from asyncua import Client, ua
+from asyncua import ua
 
+from .client_security import ClientSecurity, connect_client
 from .tagmap import VARIANT_TYPES
 
 _TYPE_NAMES = {int(ua.VariantType[name]): name for name in VARIANT_TYPES}
@@ -88,13 +90,10 @@ async def _describe(node, unit_object: str, ns_uri: str) -> dict | None:
 
 
 async def browse(url: str, namespace_uri: str | None = None, timeout_s: float = 5.0,
-                 username: str | None = None, password: str | None = None) -> str:
+                 security: ClientSecurity | None = None) -> str:
     """A YAML fragment (``opcua:`` and ``tags:``) describing the server's variables."""
-    client = Client(url, timeout=timeout_s)
-    if username:
-        client.set_user(username)
-        client.set_password(password or "")
-    async with client:
+    client = await connect_client(url, security or ClientSecurity(), timeout_s=timeout_s, name="pilot-line browse")
+    try:
         ns_array = await client.get_namespace_array()
         found: list = []
         await _walk(client.nodes.objects, 0, found, "objects")
@@ -110,6 +109,8 @@ async def browse(url: str, namespace_uri: str | None = None, timeout_s: float = 
         else:
             raise ValueError(f"{url} exposes no variables with string node ids outside namespace 0")
         tags = [t for node, unit in by_ns.get(ns, []) if (t := await _describe(node, unit, ns_array[ns]))]
+    finally:
+        await client.disconnect()
     doc = {"opcua": {"namespace_uri": ns_array[ns], "endpoint": url}, "tags": tags}
     header = (f"# tag map browsed from {url}: {len(tags)} variables in {ns_array[ns]}\n"
               "# bind each tag's signal to a twin signal and check kind (sensor/analyser/actuator/setpoint/status)\n")

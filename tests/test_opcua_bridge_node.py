@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from opcua_server.bridge import ClientSecurity, OpcUaBridge
+from opcua_server.bridge import OpcUaBridge
+from opcua_server.client_security import ClientSecurity
 from opcua_server.node_interop import (
     NodeScript,
     free_port,
@@ -44,7 +45,7 @@ def _server(port: int, secure: bool, ours: Pki, theirs: Pki, limits: str = "10,2
     return NodeScript("tag_server.js", *args, env={"LIMITS": limits})
 
 
-async def _exercise(url: str, security: ClientSecurity | None) -> dict:
+async def _exercise(url: str, security: ClientSecurity) -> dict:
     got: dict[str, list] = {}
     bridge = OpcUaBridge(url, node_tags(), NS, security=security,
                          listener=lambda n, s: got.setdefault(n, []).append((time.time(), s)))
@@ -76,7 +77,7 @@ def _check(r: dict) -> None:
 def test_bridge_against_node_server_no_security(node_modules, pkis):
     port = free_port()
     with _server(port, False, *pkis):
-        _check(asyncio.run(_exercise(f"opc.tcp://127.0.0.1:{port}", None)))
+        _check(asyncio.run(_exercise(f"opc.tcp://127.0.0.1:{port}", ClientSecurity("None", "None", pkis[0]))))
 
 
 def test_bridge_against_node_server_sign_and_encrypt(node_modules, pkis):
@@ -86,7 +87,7 @@ def test_bridge_against_node_server_sign_and_encrypt(node_modules, pkis):
     shutil.copy(theirs.cert, ours.trusted / "node-server.der")  # we trust the node server
     port = free_port()
     with _server(port, True, ours, theirs):
-        _check(asyncio.run(_exercise(f"opc.tcp://127.0.0.1:{port}", ClientSecurity(ours, "SignAndEncrypt"))))
+        _check(asyncio.run(_exercise(f"opc.tcp://127.0.0.1:{port}", ClientSecurity(mode="SignAndEncrypt", pki=ours))))
 
 
 def test_bridge_refuses_untrusted_node_server_naming_the_file(node_modules, pkis):
@@ -96,7 +97,7 @@ def test_bridge_refuses_untrusted_node_server_naming_the_file(node_modules, pkis
         async def go():
             with pytest.raises(SecurityError) as err:
                 await OpcUaBridge(f"opc.tcp://127.0.0.1:{port}", node_tags(), NS,
-                                  security=ClientSecurity(ours, "SignAndEncrypt")).start()
+                                  security=ClientSecurity(mode="SignAndEncrypt", pki=ours)).start()
             return str(err.value)
         msg = asyncio.run(go())
     rejected = list(ours.rejected.glob("*.der"))

@@ -17,17 +17,19 @@ from pathlib import Path
 import pytest
 
 from opcua_server.bridge import OpcUaBridge
+from opcua_server.client_security import ClientSecurity
 from opcua_server.node_interop import free_port, wait_port
 from pilot_config import load_config
 from twin.signals import Quality
 
 ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "op-reconnect-secret"
 
 
 def start_plc(port: int) -> subprocess.Popen:
     code = ("from pilot.cli_opcua import plc_sim; "
             f"plc_sim(None, 'opc.tcp://127.0.0.1:{port}', 60.0)")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PILOT_OPCUA_USERS": "op:operator:op-secret"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PILOT_OPCUA_USERS": f"op:operator:{PASSWORD}"}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, 30)
@@ -38,7 +40,8 @@ async def scenario(port: int, proc_box: list) -> dict:
     config = load_config()
     series: list[tuple[float, str, object]] = []
     bridge = OpcUaBridge(f"opc.tcp://127.0.0.1:{port}", config.tags, config.opcua.namespace_uri,
-                         username="op", password="op-secret",
+                         security=ClientSecurity("None", "None", username="op", password=PASSWORD,
+                                                 allow_plaintext_password=True),  # plc-sim's quick-start None endpoint
                          listener=lambda n, s: series.append((time.time(), n, s)))
     await bridge.start()
     try:
