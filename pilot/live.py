@@ -14,14 +14,12 @@ marks every tag BAD; the PLC keeps its last values and its own watchdog logic).
 **Session rule.** ``run_live`` builds the ``ControlLoop`` (and so its ``Guard``) *before*
 connecting: a training or standalone session with a live target raises ``LiveWriteForbidden``.
 
-**Operator face.** An OPC UA server on 127.0.0.1 (``operator_endpoint``, default
-``opc.tcp://127.0.0.1:4841``; loopback only, no security: it is for consoles on the same host) with
-object ``Operator`` in namespace ``urn:pilot-line:operator``: methods ``Acknowledge(alarm_id,
-operator)``, ``AcknowledgeAll(operator)``, ``Shelve(alarm_id, operator, duration_s)``,
-``Unshelve(alarm_id, operator)``, ``SetMode(loop, mode)`` (each returns a one-line result), ``List()``
-(JSON of the alarm summary), and variables ``Alarms`` (the same JSON), ``Modes`` and one Double per
-published estimate (``CELL1.CE.EST``, ``SX.KEX.EST``, ...). ``pilot alarms ack|shelve|unshelve|list``
-calls these methods.
+**Operator face.** ``opcua_server.operator.OperatorServer`` at ``operator_endpoint`` (default
+``opc.tcp://127.0.0.1:4841``), secured by ``operator_security`` (default: every secure endpoint,
+the users and the PKI from the environment), every action journalled in ``audit_path`` (default
+``out_dir/audit.jsonl``, else ``audit.jsonl``) and recorded as ``audit`` points. Operator requests
+are queued by the server and applied here, at the start of each poll iteration, between ticks:
+nothing the operator does runs concurrently with ``ControlLoop.step``.
 """
 
 from __future__ import annotations
@@ -34,20 +32,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
-
-from asyncua import Server, ua, uamethod
 
 from controllers.loop import ControlLoop, TickResult, every_loop
+from opcua_server.audit import AUDIT_FILE, AuditJournal
+from opcua_server.operator import DEFAULT_OPERATOR_ENDPOINT, OperatorServer
+from opcua_server.server_security import server_security_from_env
 from twin.points import FreshSamples, process_points
 from twin.signals import Snapshot, WriteResult
 
 from .closed_loop import LoopStats
 from .historian.base import Point
+from .secrets import private_dir, write_private_text
 
 log = logging.getLogger(__name__)
-OPERATOR_NS = "urn:pilot-line:operator"
-DEFAULT_OPERATOR_ENDPOINT = "opc.tcp://127.0.0.1:4841"
 
 
 @dataclass
@@ -59,90 +56,6 @@ class LiveResult:
     out_dir: Path | None
     summary_path: Path | None = None
     bridge: dict = field(default_factory=dict)
-
-
-def alarms_json(loop: ControlLoop) -> str:
-    return json.dumps([{"id": a.alarm_id, "state": a.state.value, "priority": int(a.priority), "tag": a.tag,
-                        "value": a.value if math.isfinite(a.value) else None, "since": a.since,
-                        "position": a.position} for a in loop.alarms.active()])
-
-
-class OperatorServer:
-    """Acknowledge / shelve / modes over OPC UA methods, and the loop's estimates as variables."""
-
-    def __init__(self, loop: ControlLoop, endpoint: str = DEFAULT_OPERATOR_ENDPOINT):
-        host = urlparse(endpoint).hostname
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError(f"the operator server listens on the loopback only; got {endpoint}")
-        self.loop, self.endpoint = loop, endpoint
-        self.server = Server()
-        self.t = 0.0  # plant time of the last tick: operator actions are journalled at it
-        self._vars: dict[str, object] = {}
-
-    async def start(self) -> None:
-        s = self.server
-        await s.init()
-        s.set_endpoint(self.endpoint)
-        s.set_server_name("pilot-line operator")
-        s.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        idx = await s.register_namespace(OPERATOR_NS)
-        self.obj = obj = await s.nodes.objects.add_object(idx, "Operator")
-        S, D = ua.VariantType.String, ua.VariantType.Double
-        for name, fn, args in (("Acknowledge", self._ack, [S, S]), ("AcknowledgeAll", self._ack_all, [S]),
-                               ("Shelve", self._shelve, [S, S, D]), ("Unshelve", self._unshelve, [S, S]),
-                               ("SetMode", self._set_mode, [S, S]), ("List", self._list, [])):
-            await obj.add_method(ua.NodeId(f"Operator.{name}", idx), ua.QualifiedName(name, idx), fn, args, [S])
-        self._alarms = await obj.add_variable(ua.NodeId("Operator.Alarms", idx), ua.QualifiedName("Alarms", idx),
-                                              "[]", ua.VariantType.String)
-        self._modes = await obj.add_variable(ua.NodeId("Operator.Modes", idx), ua.QualifiedName("Modes", idx),
-                                             json.dumps(self.loop.modes), ua.VariantType.String)
-        self.idx = idx
-        await s.start()
-
-    async def stop(self) -> None:
-        await self.server.stop()
-
-    async def publish(self, tick: TickResult) -> None:
-        self.t = tick.t
-        for name, v in tick.published.items():
-            node = self._vars.get(name)
-            if node is None:
-                node = self._vars[name] = await self.obj.add_variable(
-                    ua.NodeId(name, self.idx), ua.QualifiedName(name, self.idx), float(v), ua.VariantType.Double)
-            await node.write_value(float(v), ua.VariantType.Double)
-        await self._alarms.write_value(alarms_json(self.loop), ua.VariantType.String)
-        await self._modes.write_value(json.dumps(self.loop.modes), ua.VariantType.String)
-
-    def _do(self, what: Callable[[], object]) -> str:
-        try:
-            done = what()
-        except (KeyError, ValueError) as exc:
-            return f"error: {exc.args[0] if exc.args else exc}"
-        return f"ok: {len(done)} transition(s)" if isinstance(done, list) else "ok"
-
-    @uamethod
-    def _ack(self, parent, alarm_id: str, operator: str) -> str:
-        return self._do(lambda: self.loop.alarms.acknowledge(alarm_id, operator, self.t))
-
-    @uamethod
-    def _ack_all(self, parent, operator: str) -> str:
-        return self._do(lambda: self.loop.alarms.acknowledge_all(operator, self.t))
-
-    @uamethod
-    def _shelve(self, parent, alarm_id: str, operator: str, duration_s: float) -> str:
-        return self._do(lambda: self.loop.alarms.shelve(alarm_id, operator, self.t, duration_s))
-
-    @uamethod
-    def _unshelve(self, parent, alarm_id: str, operator: str) -> str:
-        return self._do(lambda: self.loop.alarms.unshelve(alarm_id, operator, self.t))
-
-    @uamethod
-    def _set_mode(self, parent, loop: str, mode: str) -> str:
-        return self._do(lambda: self.loop.set_mode(loop, mode))
-
-    @uamethod
-    def _list(self, parent) -> str:
-        return alarms_json(self.loop)
 
 
 def plant_time(snapshot: Snapshot) -> float:
@@ -173,8 +86,16 @@ def _recorders(recorder, out_dir: Path | None):
     if not settings.uses_influx and out_dir is None:
         return None, False, annotations
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(out_dir)
     return make_recorder(settings, out_dir).start(), True, annotations
+
+
+async def _operator_server(loop: ControlLoop, endpoint: str, security, audit: AuditJournal) -> OperatorServer:
+    """The started operator server; ``security`` None: every secure endpoint, with the users and
+    the PKI of the environment."""
+    server = OperatorServer(loop, endpoint, security or server_security_from_env(spec="secure"), audit)
+    await server.start()
+    return server
 
 
 WATCHDOG_KICK_S = 1.0  # wall seconds between writes of the PLC's client watchdog (it expires after 10 s)
@@ -185,10 +106,13 @@ async def run_live(config, url: str, *, mode: str = "advisory", duration_s: floa
                    operator_endpoint: str | None = DEFAULT_OPERATOR_ENDPOINT, recorder=None,
                    poll_s: float = 0.1, stop: asyncio.Event | None = None,
                    on_tick: Callable[[TickResult, WriteResult | None], None] | None = None,
-                   bridge_options: dict | None = None, **loop_options) -> LiveResult:
+                   bridge_options: dict | None = None, operator_security=None, audit_path: Path | None = None,
+                   **loop_options) -> LiveResult:
     """Run the loop against the OPC UA server at ``url`` for ``duration_s`` of plant time (None:
     until ``stop`` is set). ``recorder``: a started ``Recorder`` (None: from the environment, the
-    embedded store in ``out_dir``; closed at the end)."""
+    embedded store in ``out_dir``; closed at the end). ``operator_security``: a ``ServerSecurity``
+    for the operator server (None: ``secure`` with the users and PKI of the environment);
+    ``audit_path``: its journal (None: ``out_dir/audit.jsonl``, else ``audit.jsonl``)."""
     from opcua_server.bridge import OpcUaBridge
 
     loop = ControlLoop(config, target=target, session=session, modes=every_loop(config, mode), **loop_options)
@@ -196,17 +120,21 @@ async def run_live(config, url: str, *, mode: str = "advisory", duration_s: floa
     units = {t.name: t.plant_unit for t in config.tags}
     stats, refused_log = LoopStats(), []
     fresh, stop = FreshSamples(), stop or asyncio.Event()
-    operator = OperatorServer(loop, operator_endpoint) if operator_endpoint else None
     last: TickResult | None = None
     bridge = OpcUaBridge(url, config.tags, config.opcua.namespace_uri, **(bridge_options or {}))
+    operator = audit = None
     try:
-        if operator:
-            await operator.start()
+        if operator_endpoint:
+            audit = AuditJournal(audit_path or (out_dir or Path()) / AUDIT_FILE,
+                                 recorder.record_many if recorder is not None else None)
+            operator = await _operator_server(loop, operator_endpoint, operator_security, audit)
         async with bridge:
-            t_start, next_t = None, -math.inf
+            t_start, next_t, t_seen = None, -math.inf, None
             last_kick, kicks, kicks_ok = -math.inf, 0, 0
             while not stop.is_set():
                 await asyncio.sleep(poll_s)
+                if operator:  # operator actions: here, between ticks, on this thread
+                    operator.drain(t_seen)
                 if not bridge.connected:
                     continue
                 snap = await bridge.read()
@@ -215,7 +143,7 @@ async def run_live(config, url: str, *, mode: str = "advisory", duration_s: floa
                     kicks_ok += await bridge.kick_watchdog(kicks)
                 if recorder is not None:  # every new sample, not only those of control ticks
                     recorder.record_many(process_points(fresh(snap), units, loop.session))
-                t = plant_time(snap)
+                t = t_seen = plant_time(snap)
                 if not math.isfinite(t) or t < next_t:
                     continue
                 t_start = t if t_start is None else t_start
@@ -244,6 +172,8 @@ async def run_live(config, url: str, *, mode: str = "advisory", duration_s: floa
     finally:
         if operator:
             await operator.stop()
+        if audit is not None:
+            audit.close()
         if own_recorder:
             recorder.close()
         if annotations is not None:
@@ -256,6 +186,5 @@ async def run_live(config, url: str, *, mode: str = "advisory", duration_s: floa
                "wall_clock_end": time.time()}
     path = None
     if out_dir is not None:
-        path = out_dir / "summary.json"
-        path.write_text(json.dumps(summary, indent=2, default=str))
+        path = write_private_text(private_dir(out_dir) / "summary.json", json.dumps(summary, indent=2, default=str))
     return LiveResult(stats.ticks, summary["control"], refused_log, last, out_dir, path, summary["bridge"])

@@ -17,16 +17,23 @@ from pathlib import Path
 import pytest
 
 from controllers.guard import LiveWriteForbidden
+from opcua_server.audit import read_journal
 from opcua_server.bridge import OpcUaBridge
+from opcua_server.client_security import ClientSecurity
 from opcua_server.node_interop import free_port, wait_port
-from pilot.cli_run import call_operator
+from opcua_server.operator import call_operator
+from opcua_server.security import Pki
+from opcua_server.server_security import ServerSecurity
+from opcua_server.users import UserDirectory
 from pilot.historian.sqlite import history_path, list_tags
 from pilot.live import run_live
 from pilot_config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEED = 10.0
-USER = {"username": "ctl", "password": "ctl-secret"}  # engineer: ADS.BT_LIMIT_SP is a limit tag
+PASSWORD = "ctl-engineer-secret"
+USER = {"security": ClientSecurity("None", "None", username="ctl", password=PASSWORD,  # plc-sim's None endpoint
+                                   allow_plaintext_password=True)}  # engineer: ADS.BT_LIMIT_SP is a limit tag
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +45,8 @@ def config():
 def plc():
     port = free_port()
     code = f"from pilot.cli_opcua import plc_sim; plc_sim(None, 'opc.tcp://127.0.0.1:{port}', {SPEED})"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PILOT_OPCUA_USERS": "ctl:engineer:ctl-secret"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PILOT_OPCUA_USERS": f"ctl:engineer:{PASSWORD}",
+           "PILOT_OPCUA_ANONYMOUS": "1"}  # anonymous sessions too (they only read): the refused-writes test
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -56,14 +64,26 @@ def test_training_session_never_writes_to_a_live_plc(config, tmp_path):
     assert not (tmp_path / "summary.json").exists()  # refused before connecting or recording
 
 
-async def _operator_actions(endpoint: str, ticks: list) -> dict:
+OPERATOR_PASSWORD = "alice-engineer-secret"
+
+
+def _operator_face(pki: Pki) -> tuple[ServerSecurity, ClientSecurity]:
+    """The operator server's security (SignAndEncrypt, one engineer) and the console's, sharing
+    one PKI folder as `pilot run` and `pilot alarms` do on one host (no trust step)."""
+    users = UserDirectory()
+    users.add("alice", OPERATOR_PASSWORD, "engineer")
+    return (ServerSecurity(endpoints=(("Basic256Sha256", "SignAndEncrypt"),), pki=pki, users=users),
+            ClientSecurity(pki=pki, username="alice", password=OPERATOR_PASSWORD))
+
+
+async def _operator_actions(endpoint: str, console: ClientSecurity, ticks: list) -> dict:
     """While the loop runs: list, then shelve and acknowledge an alarm id, and a bad id."""
     while len(ticks) < 3:
         await asyncio.sleep(0.2)
-    listed = json.loads(await call_operator(endpoint, "List"))
-    shelved = await call_operator(endpoint, "Shelve", "CELL1.TEMP.HI", "alice", 600.0)
-    bad = await call_operator(endpoint, "Acknowledge", "NO.SUCH.ALARM", "alice")
-    mode = await call_operator(endpoint, "SetMode", "carousel", "manual")
+    listed = json.loads(await call_operator(endpoint, console, "List"))
+    shelved = await call_operator(endpoint, console, "Shelve", "CELL1.TEMP.HI", 600.0)
+    bad = await call_operator(endpoint, console, "Acknowledge", "NO.SUCH.ALARM")
+    mode = await call_operator(endpoint, console, "SetMode", "carousel", "manual")
     return {"listed": listed, "shelved": shelved, "bad": bad, "mode": mode}
 
 
@@ -71,11 +91,12 @@ async def _operator_actions(endpoint: str, ticks: list) -> dict:
 def test_run_live_against_plc_sim_writes_and_reads_back(config, plc, tmp_path):
     op_endpoint = f"opc.tcp://127.0.0.1:{free_port()}"
     ticks: list = []
+    op_security, console = _operator_face(Pki(tmp_path / "pki"))
 
     async def main():
-        actions = asyncio.create_task(_operator_actions(op_endpoint, ticks))
+        actions = asyncio.create_task(_operator_actions(op_endpoint, console, ticks))
         res = await run_live(config, plc, mode="auto", duration_s=600.0, out_dir=tmp_path,
-                             operator_endpoint=op_endpoint, bridge_options=USER,
+                             operator_endpoint=op_endpoint, bridge_options=USER, operator_security=op_security,
                              on_tick=lambda tick, result: ticks.append((tick, result)))
         async with OpcUaBridge(plc, config.tags, config.opcua.namespace_uri, **USER) as bridge:
             back = await bridge.read_now(list(res.last.writes))
@@ -98,6 +119,10 @@ def test_run_live_against_plc_sim_writes_and_reads_back(config, plc, tmp_path):
     assert actions["shelved"].startswith("ok")
     assert actions["bad"].startswith("error") and "NO.SUCH.ALARM" in actions["bad"]
     assert actions["mode"] == "ok" and last.modes["carousel"] == "manual"
+    journal = [(e["user"], e["action"], e["target"], e["result"].split(":")[0]) for e in
+               read_journal(tmp_path / "audit.jsonl")]  # the authenticated user, in the run's folder
+    assert journal == [("alice", "shelve", "CELL1.TEMP.HI", "ok"), ("alice", "acknowledge", "NO.SUCH.ALARM", "refused"),
+                       ("alice", "set_mode", "carousel", "ok")]
     # the run's record: summary and the embedded historian with estimates and decisions
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["control"]["ticks"] == res.ticks and summary["refused_writes"] == []
@@ -132,5 +157,5 @@ def _pilot(*args):
 def test_cli_surfaces_the_session_rule_and_a_missing_operator_server():
     r = _pilot("run", "--plc", "opc.tcp://127.0.0.1:9", "--session", "training", "--operator-endpoint", "")
     assert r.returncode == 2 and "never write to a live PLC" in r.stderr, r.stderr
-    r = _pilot("alarms", "list", "--endpoint", f"opc.tcp://127.0.0.1:{free_port()}")
+    r = _pilot("alarms", "--endpoint", f"opc.tcp://127.0.0.1:{free_port()}", "list")
     assert r.returncode == 2 and "no running `pilot run` operator server" in r.stderr, r.stderr
