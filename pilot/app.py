@@ -2,7 +2,9 @@
 
 ``simulate`` is the main job behind ``pilot simulate``: it runs the line on the virtual clock
 (as fast as the machine allows, or paced at ``speed`` × real time), records every tag into the
-embedded historian, and writes ``summary.json`` and the plots.
+embedded historian, and writes ``summary.json`` and the plots. A run folder it creates is
+owner-only (0700) and so are the history and the summary (0600, from creation): they are process
+data. A folder that exists already keeps its mode.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from twin.points import process_points
 
 from .closed_loop import ClosedLoop
 from .historian.sqlite import SqliteSink, history_path
+from .secrets import private_dir, write_private_text
 
 ProgressFn = Callable[[float, float], None]
 PROFILE_EVERY_S = 6 * 3600.0
@@ -52,7 +55,7 @@ def simulate(
     decisions, alarms) into the run's history; ``summary["control"]`` holds its statistics."""
     if control not in ("off", "advisory", "auto"):
         raise ValueError(f"control must be off, advisory or auto; got {control!r}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(out_dir)
     db = history_path(out_dir)
     for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
         stale.unlink(missing_ok=True)  # a run's history is its own: never mixed with an older run
@@ -101,7 +104,7 @@ def simulate(
     }
     if ctrl is not None:
         summary["control"] = ctrl.stats_summary(plant.t)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    write_private_text(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
     plots: tuple[Path, ...] = ()
     if make_plots:
         from .plots import make_plots as _plots

@@ -15,6 +15,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from .secrets import redact_url
+
 err = Console(stderr=True)
 out = Console()
 historian_app = typer.Typer(help="Historian (InfluxDB / embedded store) and Grafana provisioning.",
@@ -66,7 +68,8 @@ def status_cmd() -> None:
         out.print("historian: embedded SQLite store in each run folder (PILOT_INFLUX_URL not set)")
         return
     target = f"bucket {s.bucket} (org {s.org})" if s.version == 2 else f"database {s.database}"
-    out.print(f"historian: InfluxDB {s.version}.x at {s.influx_url}, {target}, precision {s.precision}")
+    out.print(f"historian: InfluxDB {s.version}.x at {redact_url(s.influx_url)}, {target}, "
+              f"precision {s.precision}", highlight=False)
     if s.spool_path.exists():
         sp = Spool(s.spool_path, int(s.spool_max_mb * 2**20))
         out.print(f"spool {s.spool_path}: {sp.pending_points} points in {sp.pending_batches} batches "
@@ -122,7 +125,7 @@ def feed_cmd(hours: Annotated[float, typer.Option(help="plant hours to simulate"
         n += len(points)
     ok = rec.drain(120)
     rec.close()
-    where = s.influx_url or str(run_dir)
+    where = redact_url(s.influx_url) if s.influx_url else str(run_dir)
     out.print(f"{n} points recorded to {where}: {rec.stats.written} written, {rec.stats.spooled} spooled")
     if not ok:
         raise typer.Exit(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +19,7 @@ from pilot.historian.lineproto import Encoder, series_key
 from pilot.historian.recorder import MemorySpool, Recorder
 from pilot.historian.settings import HistorianSettings, make_sink
 from pilot.historian.spool import Spool
-from pilot.historian.sqlite import SqliteSink, read_series
+from pilot.historian.sqlite import SqliteSink, read_points, read_series
 from twin.points import (
     FreshSamples,
     alarm_point,
@@ -192,3 +193,75 @@ def test_settings_from_environment(tmp_path):
     assert s.version == 1 and make_sink(s).settings.database == "plant"
     with pytest.raises(ValueError, match="PILOT_INFLUX_PRECISION"):
         HistorianSettings.from_env({"PILOT_INFLUX_PRECISION": "minutes"})
+
+
+# -- the text field ----------------------------------------------------------------------------
+TEXTS = ['ack by "op1"', "back\\slash, comma=equals", "two\nlines", "Dy³⁺ ü", ""]
+
+
+def text_points() -> list[Point]:
+    return [Point("audit", "Operator.Acknowledge", "cell1", float(i), 100.0 + i, "good", "", t)
+            for i, t in enumerate(TEXTS)]
+
+
+def test_text_is_a_string_field_only_when_set():
+    lines = Encoder("s").lines(text_points())
+    key = "audit,quality=good,tag=Operator.Acknowledge,unit=cell1 value="
+    assert lines[0] == key + '0.0,text="ack by \\"op1\\"" 100'
+    assert lines[1] == key + '1.0,text="back\\\\slash, comma=equals" 101'
+    assert lines[2] == key + '2.0,text="two\nlines" 102'
+    assert lines[4] == key + "4.0 104"  # empty text: no field at all
+
+
+def test_text_round_trips_through_the_embedded_store(tmp_path):
+    sink = SqliteSink(tmp_path / "h.sqlite")
+    sink.open()
+    sink.write_batch(text_points() + pts(3))
+    sink.close()
+    assert read_points(tmp_path / "h.sqlite", measurement="audit") == text_points()
+    assert [p.text for p in read_points(tmp_path / "h.sqlite", tag="T")] == ["", "", ""]
+
+
+def test_a_store_without_the_text_column_opens_and_gains_it(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the schema before the text field
+        db.execute("CREATE TABLE points (measurement TEXT NOT NULL, tag TEXT NOT NULL, unit TEXT NOT NULL,"
+                   " quality TEXT NOT NULL, session TEXT NOT NULL, time_s REAL NOT NULL, value REAL)")
+        db.execute("INSERT INTO points VALUES ('process','T','u','good','',1.0,2.5)")
+    db.close()
+    assert read_points(path) == [Point("process", "T", "u", 2.5, 1.0)]  # read-only, no column yet
+    sink = SqliteSink(path)
+    sink.open()
+    sink.write_batch(text_points()[:1])
+    sink.close()
+    assert [p.text for p in read_points(path)] == ["", TEXTS[0]]
+    assert read_series(path, "T").value.tolist() == [2.5]
+
+
+def test_text_survives_the_disk_spool_and_old_rows_replay(tmp_path):
+    s = Spool(tmp_path / "s.sqlite")
+    s.append(text_points())
+    s._db.execute("INSERT INTO batches (n, bytes, payload) VALUES (1, 40, ?)",  # a row of an older version
+                  (b'[["process","T","u",1.5,2.0,"good",""]]',))
+    s.close()
+    s = Spool(tmp_path / "s.sqlite")
+    bid, batch = s.peek()
+    assert batch == text_points()
+    s.ack(bid)
+    assert s.peek()[1] == [Point("process", "T", "u", 1.5, 2.0)]
+    s.close()
+
+
+def test_alarm_text_goes_into_the_annotation():
+    body = GrafanaAnnotations.body(Point("alarm", "CELL1.TEMP.HI", "cell1", 1.0, 2.0, text="shelved by op1"))
+    assert body["text"] == "CELL1.TEMP.HI raised (cell1): shelved by op1"
+
+
+def test_settings_hide_secrets_and_read_them_from_files(tmp_path):
+    (tmp_path / "token").write_text("s3cret-token-from-a-file\n")
+    s = HistorianSettings.from_env({"PILOT_INFLUX_URL": "http://h:8086",
+                                    "PILOT_INFLUX_TOKEN_FILE": str(tmp_path / "token")})
+    assert s.token == "s3cret-token-from-a-file" and s.version == 2
+    assert "s3cret" not in repr(s) and "s3cret" not in repr(make_sink(s).settings)
+    with pytest.raises(ValueError, match="PILOT_INFLUX_PASSWORD_FILE names .*missing"):
+        HistorianSettings.from_env({"PILOT_INFLUX_PASSWORD_FILE": str(tmp_path / "missing")})

@@ -6,10 +6,11 @@ urllib3 that ``influxdb-client`` (and pip's vendored users of requests) run on. 
 one JSON body do not justify that risk (docs/historian.md, "Grafana annotations").
 
 ``GrafanaAnnotations`` is a ``Sink``: it takes only ``alarm`` points and posts one annotation per
-transition, tagged ``pilot-alarm``, the plant unit, the alarm name and ``raised`` / ``cleared``
-(the dashboards' "Alarm transitions" annotation query selects the ``pilot-alarm`` tag). Run it
-behind its own ``Recorder`` so that a slow or absent Grafana never delays anything:
-``Recorder(GrafanaAnnotations.from_env(), batch_size=50)``. Failures raise ``SinkError`` (the
+transition, tagged ``pilot-alarm``, the plant unit, the alarm name and ``raised`` / ``cleared``,
+its text followed by the point's ``text`` when it has one (the dashboards' "Alarm transitions"
+annotation query selects the ``pilot-alarm`` tag). Run it behind its own ``Recorder`` so that a
+slow or absent Grafana never delays anything: ``Recorder(GrafanaAnnotations.from_env(),
+batch_size=50)``. Failures raise ``SinkError`` (the
 recorder keeps the batch and retries); a 4xx other than 401/403/429 raises ``PointsRejected``.
 """
 
@@ -20,6 +21,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 
+from ..secrets import redact_url
 from .base import Point, SinkError
 from .influx1 import HttpEndpoint, PointsRejected
 
@@ -38,16 +40,19 @@ class GrafanaAnnotations:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GrafanaAnnotations | None:
-        """From PILOT_GRAFANA_URL and PILOT_GRAFANA_TOKEN; None when either is unset."""
+        """From PILOT_GRAFANA_URL and PILOT_GRAFANA_TOKEN (or PILOT_GRAFANA_TOKEN_FILE); None when
+        either is unset."""
+        from .settings import secret_from_env
+
         env = os.environ if environ is None else environ
-        url, token = env.get("PILOT_GRAFANA_URL", ""), env.get("PILOT_GRAFANA_TOKEN", "")
+        url, token = env.get("PILOT_GRAFANA_URL", ""), secret_from_env(env, "PILOT_GRAFANA_TOKEN")
         return cls(url, token) if url and token else None
 
     @staticmethod
     def body(p: Point, dashboard_uid: str = "") -> dict:
         state = "raised" if p.value > 0 else "cleared"
-        out = {"time": round(p.time_s * 1000), "tags": [ALARM_TAG, p.unit, p.tag, state],
-               "text": f"{p.tag} {state} ({p.unit})"}
+        text = f"{p.tag} {state} ({p.unit})" + (f": {p.text}" if p.text else "")
+        out = {"time": round(p.time_s * 1000), "tags": [ALARM_TAG, p.unit, p.tag, state], "text": text}
         if dashboard_uid:
             out["dashboardUID"] = dashboard_uid
         return out
@@ -66,7 +71,7 @@ class GrafanaAnnotations:
         try:
             status, data = self.http.request("POST", "/api/annotations", json.dumps(body).encode())
         except (OSError, http.client.HTTPException) as exc:
-            raise SinkError(f"Grafana at {self.url} unreachable: {exc}") from exc
+            raise SinkError(f"Grafana at {redact_url(self.url)} unreachable: {exc}") from exc
         if status == 200:
             self.posted += 1
             return

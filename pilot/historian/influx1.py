@@ -11,6 +11,8 @@ One persistent ``http.client`` connection (keep-alive), reopened after any error
   it aside in the spool's dead-letter file instead of retrying.
 
 InfluxDB 3 Core and InfluxDB 2.x with a DBRP mapping also serve ``/write`` (v1 compatibility).
+Credentials in the URL (``http://user:password@host:8086``) are sent as HTTP Basic when no
+user is configured; every message shows the URL redacted (``http://user:***@host:8086``).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import base64
 import http.client
 import json
 import logging
-from dataclasses import dataclass, replace
-from urllib.parse import urlencode, urlsplit
+from dataclasses import dataclass, field, replace
+from urllib.parse import unquote, urlencode, urlsplit
 
+from ..secrets import redact_url, redacted_repr
 from .base import SinkError
 from .lineproto import PRECISIONS, EncodingSink
 
@@ -38,10 +41,13 @@ class Influx1Settings:
     database: str = "pilot"
     retention_policy: str = ""
     user: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     precision: str = "ms"
     timeout_s: float = 10.0
     create_database: bool = True
+
+    def __repr__(self) -> str:
+        return redacted_repr(self)
 
 
 class HttpEndpoint:
@@ -50,12 +56,15 @@ class HttpEndpoint:
     def __init__(self, url: str, timeout_s: float, headers: dict[str, str] | None = None):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
+            raise ValueError(f"not an http(s) URL: {redact_url(url)!r}")
         self.scheme, self.host = parts.scheme, parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.base = parts.path.rstrip("/")
         self.timeout_s = timeout_s
         self.headers = dict(headers or {})
+        if parts.username and "Authorization" not in self.headers:
+            basic = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode())
+            self.headers["Authorization"] = f"Basic {basic.decode()}"
         self._conn: http.client.HTTPConnection | None = None
 
     def request(self, method: str, path: str, body: bytes | None = None,
@@ -149,7 +158,7 @@ class Influx1Sink(EncodingSink):
             return self.http.request("POST", self._write_path, body,
                                      {"Content-Type": "text/plain; charset=utf-8"})
         except (TimeoutError, OSError, http.client.HTTPException) as exc:
-            raise SinkError(f"InfluxDB at {self.settings.url} unreachable: {exc}") from exc
+            raise SinkError(f"InfluxDB at {redact_url(self.settings.url)} unreachable: {exc}") from exc
 
     def create_database(self) -> None:
         self.query(f'CREATE DATABASE "{self.settings.database}"', method="POST")
@@ -166,7 +175,7 @@ class Influx1Sink(EncodingSink):
                     "POST", "/query", params.encode(),
                     {"Content-Type": "application/x-www-form-urlencoded"})
         except (OSError, http.client.HTTPException) as exc:
-            raise SinkError(f"InfluxDB at {self.settings.url} unreachable: {exc}") from exc
+            raise SinkError(f"InfluxDB at {redact_url(self.settings.url)} unreachable: {exc}") from exc
         if status != 200:
             raise SinkError(f"InfluxDB query failed ({status}): {data[:300].decode(errors='replace')}")
         results = json.loads(data)["results"]

@@ -13,8 +13,9 @@ InfluxDB 3 serves the same endpoint (the "bucket" is the database name; org is i
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
+from ..secrets import redact_text, redacted_repr
 from .base import SinkError
 from .influx1 import PointsRejected
 from .lineproto import EncodingSink
@@ -27,9 +28,12 @@ class Influx2Settings:
     url: str = "http://127.0.0.1:8086"
     org: str = "pilot"
     bucket: str = "pilot"
-    token: str = ""
+    token: str = field(default="", repr=False)
     precision: str = "ms"
     timeout_s: float = 10.0
+
+    def __repr__(self) -> str:
+        return redacted_repr(self)
 
 
 class Influx2Sink(EncodingSink):
@@ -66,7 +70,7 @@ class Influx2Sink(EncodingSink):
                 raise PointsRejected(f"InfluxDB refused the batch ({exc.status}): {text}") from exc
             raise SinkError(f"InfluxDB write failed ({exc.status}): {text}") from exc
         except Exception as exc:  # urllib3 transport errors have no common public base here
-            raise SinkError(f"InfluxDB at {s.url} unreachable: {exc}") from exc
+            raise SinkError(redact_text(f"InfluxDB at {s.url} unreachable: {exc}")) from exc
 
     def flush(self) -> None:
         """Synchronous writes: nothing buffered in the client."""

@@ -1,9 +1,10 @@
 """Points to InfluxDB line protocol, fast: one cached series key per series, one f-string per value.
 
 A line is ``measurement,quality=good,tag=ADS.FEED.FLOW,unit=adsorption value=123.4 1700000000000``:
-tag keys sorted (InfluxDB's preferred order), ``session`` only when set, the one float field
+tag keys sorted (InfluxDB's preferred order), ``session`` only when set, the float field
 ``value`` written with ``repr`` (shortest text that round-trips a float64 exactly, so a value read
-back equals the value written), and the source timestamp as an integer at the configured
+back equals the value written), the string field ``text`` only when the point has one
+(``value=1.0,text="ack by op1"``: operator actions, refusals), and the source timestamp as an integer at the configured
 precision (``round(time_s * 10**k)``, Python's round: ties to even). Non-finite values (NaN, ±inf) have no line-protocol
 form: they are left out and counted (``Encoder.skipped``).
 
@@ -12,7 +13,8 @@ Why not ``influxdb_client.Point``: building one client object per value and call
 under one (numbers in docs/historian.md, ``benchmarks/historian_write.py --encode-only``).
 
 Escaping (InfluxDB line protocol reference): measurement: comma, space; tag keys and values:
-comma, equals sign, space; a trailing backslash in a tag value is not allowed, so it is doubled.
+comma, equals sign, space; a trailing backslash in a tag value is not allowed, so it is doubled;
+string field values: double quote and backslash (a newline inside the quotes is part of the value).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def escape_measurement(name: str) -> str:
 def escape_tag(text: str) -> str:
     out = text.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
     return out.replace("\n", "\\n")
+
+
+def escape_string_field(text: str) -> str:
+    """A string field value, quotes included: ``"say \\"hi\\""``."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def series_key(p: Point) -> str:
@@ -83,7 +90,10 @@ class Encoder:
             if type(v) is not float:
                 v = float(v)
             if v - v == 0.0:  # finite (NaN and ±inf give NaN)
-                append(f"{key}{v!r} {round(p.time_s * mult)}")
+                if p.text:
+                    append(f"{key}{v!r},text={escape_string_field(p.text)} {round(p.time_s * mult)}")
+                else:
+                    append(f"{key}{v!r} {round(p.time_s * mult)}")
             else:
                 self.skipped += 1
         return out

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..secrets import redact_text
 from .base import Point, Sink, SinkError
 from .influx1 import PointsRejected
 from .spool import Spool
@@ -324,6 +325,7 @@ class Recorder:
     def _failed(self, exc: SinkError) -> None:
         self.stats.write_errors += 1
         if self._backoff == self.retry_min_s:
-            log.warning("historian: write failed, spooling until the database is back: %s", exc)
+            log.warning("historian: write failed, spooling until the database is back: %s",
+                        redact_text(str(exc)))
         self._retry_at = time.monotonic() + self._backoff
         self._backoff = min(self.retry_max_s, self._backoff * 2)

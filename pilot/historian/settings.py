@@ -11,15 +11,20 @@
 | ``PILOT_HISTORIAN_SPOOL_MAX_MB`` | spool bound; oldest batches dropped beyond it | ``256`` |
 | ``PILOT_HISTORIAN_BATCH`` / ``_FLUSH_S`` | batch size, flush interval | ``5000``, ``1.0`` |
 | ``PILOT_GRAFANA_URL`` / ``PILOT_GRAFANA_TOKEN`` | alarm annotations (both needed) | unset |
+
+A token or password may instead come from a file: ``PILOT_INFLUX_TOKEN_FILE``,
+``PILOT_INFLUX_PASSWORD_FILE``, ``PILOT_GRAFANA_TOKEN_FILE`` (the file's content, trailing newline
+dropped). Secrets never appear in a message or a ``repr``; URLs are shown redacted.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..secrets import redacted_repr
 from .base import Sink
 from .influx1 import Influx1Settings, Influx1Sink
 from .influx2 import Influx2Settings, Influx2Sink
@@ -32,29 +37,32 @@ from .spool import Spool
 class HistorianSettings:
     influx_url: str = ""
     version: int = 1
-    token: str = ""
+    token: str = field(default="", repr=False)
     org: str = "pilot"
     bucket: str = "pilot"
     database: str = "pilot"
     retention_policy: str = ""
     user: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     precision: str = "ms"
     spool_path: Path = Path("~/.local/state/pilot/spool.sqlite")
     spool_max_mb: float = 256.0
     batch_size: int = 5000
     flush_interval_s: float = 1.0
 
+    def __repr__(self) -> str:
+        return redacted_repr(self)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> HistorianSettings:
         env = os.environ if environ is None else environ
         g = env.get
-        token = g("PILOT_INFLUX_TOKEN", "")
+        token = secret_from_env(env, "PILOT_INFLUX_TOKEN")
         version = int(g("PILOT_INFLUX_VERSION", "2" if token else "1"))
         s = cls(influx_url=g("PILOT_INFLUX_URL", ""), version=version, token=token,
                 org=g("PILOT_INFLUX_ORG", "pilot"), bucket=g("PILOT_INFLUX_BUCKET", "pilot"),
                 database=g("PILOT_INFLUX_DATABASE", "pilot"), retention_policy=g("PILOT_INFLUX_RP", ""),
-                user=g("PILOT_INFLUX_USER", ""), password=g("PILOT_INFLUX_PASSWORD", ""),
+                user=g("PILOT_INFLUX_USER", ""), password=secret_from_env(env, "PILOT_INFLUX_PASSWORD"),
                 precision=g("PILOT_INFLUX_PRECISION", "ms"),
                 spool_path=Path(g("PILOT_HISTORIAN_SPOOL", str(cls.spool_path))).expanduser(),
                 spool_max_mb=float(g("PILOT_HISTORIAN_SPOOL_MAX_MB", "256")),
@@ -79,6 +87,20 @@ class HistorianSettings:
     @property
     def uses_influx(self) -> bool:
         return bool(self.influx_url)
+
+
+def secret_from_env(env: Mapping[str, str], name: str) -> str:
+    """``env[name]``, else the content of the file ``env[name + "_FILE"]``, else ``""``."""
+    if env.get(name):
+        return env[name]
+    path = env.get(name + "_FILE", "")
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise ValueError(f"historian settings: {name}_FILE names {path}, which cannot be read "
+                         f"({exc.strerror or exc})") from None
 
 
 def make_sink(s: HistorianSettings, run_dir: Path | None = None) -> Sink:

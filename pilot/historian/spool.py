@@ -6,7 +6,9 @@ One SQLite file (WAL journal, survives a process crash or restart)::
     rejected(id, n, reason TEXT, payload BLOB)   -- dead letters: refused for good (HTTP 400/413)
 
 ``payload`` is the batch as compact JSON rows ``[measurement, tag, unit, value, time_s, quality,
-session]`` (floats round-trip exactly). Replay is strictly in ``id`` order: ``peek()`` gives the
+session, text]`` (floats round-trip exactly; ``text`` only when a point has one, so rows spooled
+by an earlier version, without it, replay as they are). The file and a folder it creates are
+owner-only (0600 / 0700 from creation): the spool is process data. Replay is strictly in ``id`` order: ``peek()`` gives the
 oldest batch, ``ack(id)`` deletes it once the sink has stored it. A batch is deleted only after the
 sink confirmed it, so a crash between the write and the ack can replay that one batch again: with
 InfluxDB the replay overwrites the identical series+timestamp (no duplicate); within a process
@@ -26,6 +28,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..secrets import private_dir, private_file
 from .base import Point
 
 log = logging.getLogger(__name__)
@@ -40,12 +43,13 @@ CREATE TABLE IF NOT EXISTS rejected (
 
 
 def dump_points(points: Sequence[Point]) -> bytes:
-    rows = [(p.measurement, p.tag, p.unit, p.value, p.time_s, p.quality, p.session) for p in points]
+    rows = [(p.measurement, p.tag, p.unit, p.value, p.time_s, p.quality, p.session, p.text) if p.text
+            else (p.measurement, p.tag, p.unit, p.value, p.time_s, p.quality, p.session) for p in points]
     return json.dumps(rows, separators=(",", ":")).encode()
 
 
 def load_points(payload: bytes) -> list[Point]:
-    return [Point(m, t, u, v, ts, q, s) for m, t, u, v, ts, q, s in json.loads(payload)]
+    return [Point(*row) for row in json.loads(payload)]
 
 
 class Spool:
@@ -56,9 +60,9 @@ class Spool:
             raise ValueError("max_bytes must be > 0")
         self.path = Path(path)
         self.max_bytes = int(max_bytes)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(private_file(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)

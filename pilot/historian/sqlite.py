@@ -5,11 +5,15 @@ Schema (same measurements and tags as the InfluxDB sinks, see ``base.py``)::
     CREATE TABLE points (
         measurement TEXT, tag TEXT, unit TEXT, quality TEXT, session TEXT,
         time_s REAL,   -- source time, seconds (plant clock in standalone runs)
-        value REAL);
+        value REAL,
+        text TEXT NOT NULL DEFAULT '');   -- free text (operator actions), '' for most points
     CREATE INDEX points_tag_time ON points (tag, time_s);
 
-Written in batches inside one transaction each (WAL journal), read back with ``read_series``.
-Any SQLite tool opens it: ``sqlite3 DIR/history.sqlite "select * from points where tag=..."``.
+A store written before ``text`` existed still opens: the column is added on ``open()``.
+Written in batches inside one transaction each (WAL journal), read back with ``read_series`` and
+``read_points``. Any SQLite tool opens it: ``sqlite3 DIR/history.sqlite "select * from points
+where tag=..."``. The file is created owner-only (0600; SQLite gives its ``-wal`` and ``-shm``
+the same mode): it is process data.
 """
 
 from __future__ import annotations
@@ -21,14 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..secrets import private_file
 from .base import Point, SinkError
 
 FILE_NAME = "history.sqlite"
 
+_COLUMNS = "measurement, tag, unit, quality, session, time_s, value, text"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS points (
     measurement TEXT NOT NULL, tag TEXT NOT NULL, unit TEXT NOT NULL,
-    quality TEXT NOT NULL, session TEXT NOT NULL, time_s REAL NOT NULL, value REAL);
+    quality TEXT NOT NULL, session TEXT NOT NULL, time_s REAL NOT NULL, value REAL,
+    text TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS points_tag_time ON points (tag, time_s);
 """
 
@@ -50,18 +57,22 @@ class SqliteSink:
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        self._db = sqlite3.connect(private_file(self.path), check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(points)")}
+        if "text" not in columns:  # a store from before the text field
+            self._db.execute("ALTER TABLE points ADD COLUMN text TEXT NOT NULL DEFAULT ''")
 
     def write_batch(self, points: Sequence[Point]) -> None:
         if self._db is None:
             raise SinkError(f"{self.path}: write before open()")
-        rows = [(p.measurement, p.tag, p.unit, p.quality, p.session, p.time_s, p.value) for p in points]
+        rows = [(p.measurement, p.tag, p.unit, p.quality, p.session, p.time_s, p.value, p.text)
+                for p in points]
         try:
             with self._db:
-                self._db.executemany("INSERT INTO points VALUES (?,?,?,?,?,?,?)", rows)
+                self._db.executemany(f"INSERT INTO points ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", rows)
         except sqlite3.Error as exc:
             raise SinkError(f"{self.path}: {exc}") from exc
 
@@ -103,3 +114,19 @@ def read_series(path: Path | str, tag: str, measurement: str | None = None) -> S
         raise KeyError(tag)
     t, v, q = zip(*rows)
     return Series(tag, np.array(t, dtype=float), np.array(v, dtype=float), tuple(q))
+
+
+def read_points(path: Path | str, measurement: str | None = None, tag: str | None = None) -> list[Point]:
+    """Every recorded point (of a measurement, of a tag) in time order, ``text`` included (an
+    old store without the column reads as empty text)."""
+    where, args = [], []
+    for column, value in (("measurement", measurement), ("tag", tag)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    with _connect_ro(Path(path)) as db:
+        has_text = "text" in {row[1] for row in db.execute("PRAGMA table_info(points)")}
+        columns = _COLUMNS if has_text else _COLUMNS.replace(", text", ", ''")
+        sql = f"SELECT {columns} FROM points" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = db.execute(sql + " ORDER BY time_s, rowid", args).fetchall()
+    return [Point(m, t, u, v, ts, q, s, x) for m, t, u, q, s, ts, v, x in rows]
