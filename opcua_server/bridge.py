@@ -60,7 +60,8 @@ def sample_of(dv: ua.DataValue, received: float) -> Sample:
     stamp = dv.SourceTimestamp or dv.ServerTimestamp
     value = from_variant_value(dv.Value.Value if dv.Value is not None else None)
     q = quality_of(dv.StatusCode)
-    return Sample(value if q != Quality.BAD else math.nan, stamp.timestamp() if stamp else received, q)
+    status = 0 if dv.StatusCode is None else dv.StatusCode.value
+    return Sample(value if q != Quality.BAD else math.nan, stamp.timestamp() if stamp else received, q, status)
 
 
 def chunks(seq: list, size: int) -> Iterable[list]:
@@ -273,7 +274,7 @@ class OpcUaBridge:
     # -- supervision ---------------------------------------------------------------------
     def _mark_bad(self, t: float) -> None:
         for e in self._entries:
-            s = Sample(math.nan, t, Quality.BAD)
+            s = Sample(math.nan, t, Quality.BAD, ua.StatusCodes.BadCommunicationError)
             self._cache[e.name] = s
             for listener in self.listeners:
                 listener(e.name, s)
@@ -315,7 +316,7 @@ class OpcUaBridge:
     async def read(self) -> Snapshot:
         """The latest sample of every tag (BAD / NaN while the link is down or before data)."""
         if not self.connected:  # the cache was marked BAD at the loss; nothing is frozen
-            missing = Sample(math.nan, time.time(), Quality.BAD)
+            missing = Sample(math.nan, time.time(), Quality.BAD, ua.StatusCodes.BadNotConnected)
             return {e.name: self._cache.get(e.name, missing) for e in self._entries}
         return dict(self._cache)
 

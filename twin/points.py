@@ -35,7 +35,7 @@ def mpc_tag(unit: str, what: str) -> str:
 def process_points(snapshot: Mapping, units: Mapping[str, str], session: str = "") -> list[Point]:
     """A PLC snapshot (name -> Sample) as ``process`` points stamped with each sample's source time."""
     return [Point("process", name, units.get(name, ""), float(s.value), float(s.source_time),
-                  QUALITY_NAMES[int(s.quality)], session) for name, s in snapshot.items()]
+                  QUALITY_NAMES[int(s.quality)], session, status=s.status) for name, s in snapshot.items()]
 
 
 class FreshSamples:

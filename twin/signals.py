@@ -24,9 +24,14 @@ class Quality(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Sample:
+    """``status``: the OPC UA StatusCode that came with the value (0: Good); a Bad sample carries
+    why (BadSensorFailure from the instrument, BadCommunicationError / BadNotConnected while the
+    link to its PLC is down)."""
+
     value: float
     source_time: float
     quality: Quality = Quality.GOOD
+    status: int = 0
 
 
 Snapshot = Mapping[str, Sample]
@@ -53,7 +58,8 @@ MEASUREMENTS: tuple[str, ...] = ("process", "estimate", "decision", "alarm", "kp
 @dataclass(frozen=True, slots=True)
 class Point:
     """One historian point (schema: ``twin.points``). ``text`` is a free-text field for the
-    records that need one (who did an operator action and why it was refused); empty otherwise."""
+    records that need one (who did an operator action and why it was refused); empty otherwise.
+    ``status`` is the OPC UA StatusCode of a process sample (0: Good)."""
 
     measurement: str
     tag: str
@@ -63,6 +69,7 @@ class Point:
     quality: str = "good"
     session: str = ""
     text: str = ""
+    status: int = 0  # OPC UA StatusCode of the sample (0: Good)
 
 
 class PlantIO(Protocol):
