@@ -52,6 +52,12 @@ def config_check(path: Annotated[Path, typer.Argument(help="plant YAML file to c
     config = load_or_fail(path)
     out.print(f"[green]ok[/] {path}: line {config.name!r}, {len(config.tags)} tags, "
               f"{len(config.electrolysis.cells)} cells, contactor {config.extraction.contactor}")
+    plc_tags = config.plc_tags()
+    out.print(f"{len(plc_tags)} PLC{'s' if len(plc_tags) > 1 else ''}:", highlight=False)
+    for plc in config.opcua.resolved_plcs():
+        units = ", ".join(plc.units) if plc.units else "every unclaimed tag"
+        out.print(f"  {plc.name}: {len(plc_tags[plc.name])} tags at {plc.endpoint} (namespace "
+                  f"{plc.namespace_uri}; units {units})", highlight=False, markup=False, soft_wrap=True)
 
 
 @config_app.command("schema")
@@ -176,9 +182,13 @@ def history(
 @app.command("plc-sim")
 def plc_sim_cmd(
     config_path: ConfigArg = None,
-    endpoint: Annotated[Optional[str], typer.Option(
-        help="where to serve, opc.tcp://HOST:PORT (default: opcua.endpoint of the config)",
-        envvar="PILOT_OPCUA_ENDPOINT", show_default=False)] = None,
+    plc: Annotated[Optional[list[str]], typer.Option(
+        "--plc", help="serve only this PLC of the config (repeatable; default: every PLC, one server each)",
+        show_default=False)] = None,
+    endpoint: Annotated[Optional[list[str]], typer.Option(
+        help="NAME=opc.tcp://HOST:PORT: where PLC NAME listens (repeatable; default: its endpoint in the "
+             "config); a bare URL: every tag on that one server (or the one --plc there)",
+        show_default=False)] = None,
     speed: Annotated[float, typer.Option(help="plant time runs X times faster than real time")] = 1.0,
     duration: Annotated[Optional[str], typer.Option(
         help="stop after this much plant time (30min, 24h); default: run until Ctrl-C")] = None,
@@ -187,7 +197,9 @@ def plc_sim_cmd(
     anonymous: AnonymousOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="sensor-noise seed (default: from the config)")] = None,
 ) -> None:
-    """Serve the config's PLC tags over OPC UA, driven by the twin in real time (or X times faster).
+    """Serve the config's PLCs over OPC UA, one server each, driven by one twin in real time (or X times faster).
+
+    Every PLC of `opcua.plcs` gets its own endpoint, namespace, tags, heartbeat and watchdog; writes through any of them reach the same twin. `--plc NAME` serves only that one (a process of its own has its own twin: stop or kill it as one PLC).
 
     Measurements are read-only AnalogItems with EURange and EngineeringUnits; setpoints are writable by the operator role, limits and tuning by the engineer role; anonymous sessions only read, and are accepted only when no users are configured unless --anonymous says otherwise. Users and roles come from PILOT_OPCUA_USERS / PILOT_OPCUA_SECRETS, never from the YAML (passwords of at least PILOT_OPCUA_MIN_PASSWORD_LENGTH characters, default 12). Each request is authorised by its own session; failed logins are answered ever later (per client). Out-of-range writes are refused with BadOutOfRange. See docs/opcua.md and docs/security.md.
     """
@@ -196,7 +208,7 @@ def plc_sim_cmd(
     duration_s = duration_or_fail(duration, fail)
     plc_sim(config_path_or_env(config_path), endpoint, speed,
             duration_s=None if duration_s is None else duration_s / speed,  # plant s -> wall s
-            pki=pki, security=security, allow_anonymous=anonymous, seed=seed)
+            pki=pki, security=security, allow_anonymous=anonymous, seed=seed, plcs=plc)
 
 
 from .cli_alarms import alarms_app  # noqa: E402  (pilot alarms)

@@ -46,5 +46,5 @@ def fail_issues(exc: ConfigError, what: str) -> None:
     n = len(exc.issues)
     err.print(f"[bold red]error:[/] {n} problem{'s' if n > 1 else ''} in {what}:")
     for issue in exc.issues:
-        err.print(f"  {issue}", highlight=False, soft_wrap=True)
+        err.print(f"  {issue}", highlight=False, soft_wrap=True, markup=False)
     raise typer.Exit(2) from None

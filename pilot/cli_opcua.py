@@ -176,13 +176,52 @@ def server_security_or_fail(spec: str | None, pki: Path | None, anonymous: bool 
     return security
 
 
-def plc_sim(config_path: Path | None = None, endpoint: str | None = None, speed: float = 1.0, *,
+def parse_endpoint_overrides(values: list[str] | None) -> tuple[str | None, dict[str, str]]:
+    """``--endpoint`` values: a bare URL and/or NAME=URL pairs -> (url, {name: url}), each URL
+    checked; a repeated name or a second bare URL is one red line."""
+    bare, named = None, {}
+    for value in values or ():
+        name, sep, url = value.partition("=")
+        if not sep or name.startswith("opc.tcp:"):
+            if bare is not None:
+                _fail(f"--endpoint {value!r}: one bare URL at most; give NAME=URL for each PLC")
+            bare = check_endpoint(value)
+            continue
+        name = name.strip()
+        if name in named:
+            _fail(f"--endpoint: PLC {name!r} is given twice")
+        named[name] = check_endpoint(url.strip())
+    return bare, named
+
+
+def _serve_plan_or_fail(config, plcs: list[str], endpoint: str | None, endpoints: dict[str, str]):
+    from opcua_server.plc_sim import serve_plan
+
+    try:
+        plan = serve_plan(config, plcs, endpoints, endpoint)
+    except ValueError as exc:
+        _fail(str(exc))
+    seen: dict = {}
+    for p in plan:
+        parsed = urlparse(p.endpoint)
+        key = ((parsed.hostname or "").lower(), parsed.port)
+        if key in seen:
+            _fail(f"PLCs {seen[key]} and {p.name} would both listen at {p.endpoint}: give each its own "
+                  "port (--endpoint NAME=URL)")
+        seen[key] = p.name
+        _check_free(p.endpoint)
+    return plan
+
+
+def plc_sim(config_path: Path | None = None, endpoint: str | list[str] | None = None, speed: float = 1.0, *,
             duration_s: float | None = None, pki: Path | None = None, security: str | None = None,
-            allow_anonymous: bool | None = None, seed: int | None = None) -> None:
-    """Serve the config's tags from the twin in real time × ``speed`` (``pilot plc-sim``).
-    ``security``: the endpoints (``server_security.parse_endpoints``; default PILOT_OPCUA_SERVER_SECURITY,
-    else None); users come from PILOT_OPCUA_USERS / PILOT_OPCUA_SECRETS; ``allow_anonymous`` None:
-    PILOT_OPCUA_ANONYMOUS, else only when no users are configured."""
+            allow_anonymous: bool | None = None, seed: int | None = None, plcs: list[str] | None = None) -> None:
+    """Serve the config's PLCs from one twin in real time × ``speed`` (``pilot plc-sim``): every PLC
+    of the config, or only ``plcs``; ``endpoint``: a bare URL (every tag on one server, or the one
+    PLC named) and/or NAME=URL overrides. ``security``: the endpoints (``server_security.parse_endpoints``;
+    default PILOT_OPCUA_SERVER_SECURITY, else None); users come from PILOT_OPCUA_USERS /
+    PILOT_OPCUA_SECRETS; ``allow_anonymous`` None: PILOT_OPCUA_ANONYMOUS, else only when no users are
+    configured. The same security for every server."""
     from opcua_server.plc_sim import run_plc_sim
     from opcua_server.security import SecurityError
     from pilot_config import ConfigError, load_config
@@ -192,20 +231,22 @@ def plc_sim(config_path: Path | None = None, endpoint: str | None = None, speed:
     check_secrets_or_fail(_fail)  # example passwords and tokens, the user store's password policy
     if not speed > 0 or speed > 1e6:
         _fail(f"bad speed {speed}: it must be > 0 (1 = real time)")
+    bare, named = parse_endpoint_overrides([endpoint] if isinstance(endpoint, str) else endpoint)
     server_security = server_security_or_fail(security, pki, allow_anonymous)
     try:
         config = load_config(config_path)
     except ConfigError as exc:
         _fail("the configuration has problems:\n  " + "\n  ".join(str(i) for i in exc.issues))
-    url = check_endpoint(endpoint or config.opcua.endpoint)
-    _check_free(url)
+    plan = _serve_plan_or_fail(config, list(plcs or ()), bare, named)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("asyncua").setLevel(logging.WARNING)
+    where = ", ".join(f"{p.name} {p.endpoint}" for p in plan)
     try:
-        asyncio.run(run_plc_sim(config, url, speed, seed=seed, security=server_security, duration_s=duration_s))
+        asyncio.run(run_plc_sim(config, bare, speed, seed=seed, security=server_security, duration_s=duration_s,
+                                plcs=list(plcs or ()), endpoints=named))
     except KeyboardInterrupt:
         err.print("stopped")
     except SecurityError as exc:
         _fail(str(exc))
     except OSError as exc:
-        _fail(f"cannot serve at {url}: {exc.strerror or exc}")
+        _fail(f"cannot serve at {where}: {exc.strerror or exc}")

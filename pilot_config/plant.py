@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from .adsorption import CarouselConfig
 from .base import StrictModel, check_every_species
 from .control import ControlConfig
 from .electrolysis import CellConfig, DistillationConfig
 from .extraction import CascadeConfig
+from .plcs import OpcUaConfig, PlcConfig, assign_tags, raise_located
 from .tags import Tag
 from .training import TrainingConfig
 
@@ -77,11 +78,6 @@ class ElectrolysisConfig(StrictModel):
         return self
 
 
-class OpcUaConfig(StrictModel):
-    namespace_uri: str = Field("urn:pilot-line:plc", min_length=1)
-    endpoint: str = Field("opc.tcp://127.0.0.1:4840", pattern=r"^opc\.tcp://")
-
-
 class SimulationConfig(StrictModel):
     sync_step_s: float = Field(60.0, ge=1, le=600, description="co-simulation step (inputs held)")
     record_period_s: float = Field(60.0, ge=1, le=3600, description="historian sampling period")
@@ -105,6 +101,7 @@ class PilotLineConfig(StrictModel):
     simulation: SimulationConfig = SimulationConfig()
     control: ControlConfig = ControlConfig()
     training: TrainingConfig = TrainingConfig()
+    _plc_of: tuple = PrivateAttr((0, 0, {}))
 
     @model_validator(mode="after")
     def _tags_unique(self) -> "PilotLineConfig":
@@ -114,6 +111,43 @@ class PilotLineConfig(StrictModel):
             raise ValueError(f"tag names must be unique; repeated: {dupes}")
         self.control.check_tags(self.tags)
         return self
+
+    @model_validator(mode="after")
+    def _plcs_assigned(self) -> "PilotLineConfig":
+        assignment = assign_tags(self.opcua.resolved_plcs(), self.tags)
+        raise_located("PilotLineConfig", assignment.issues)
+        self._plc_of = (id(self.opcua), id(self.tags), assignment.plc_of)
+        return self
+
+    def _assignment(self) -> dict[str, str]:
+        """tag name -> PLC name, recomputed for a copy whose ``opcua`` or ``tags`` were replaced."""
+        opcua_id, tags_id, plc_of = self._plc_of
+        if (opcua_id, tags_id) != (id(self.opcua), id(self.tags)):
+            assignment = assign_tags(self.opcua.resolved_plcs(), self.tags)
+            if assignment.issues:
+                raise ValueError("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg, _ in assignment.issues))
+            plc_of = assignment.plc_of
+            self._plc_of = (id(self.opcua), id(self.tags), plc_of)
+        return plc_of
+
+    def plc_tags(self) -> dict[str, list[Tag]]:
+        """Every PLC's tags (in config order), PLCs in ``opcua.resolved_plcs()`` order."""
+        plc_of = self._assignment()
+        out: dict[str, list[Tag]] = {p.name: [] for p in self.opcua.resolved_plcs()}
+        for t in self.tags:
+            out[plc_of[t.name]].append(t)
+        return out
+
+    def plc_of(self, tag_name: str) -> str:
+        """The name of the PLC serving ``tag_name`` (KeyError for an unknown tag)."""
+        return self._assignment()[tag_name]
+
+    def plc(self, name: str) -> PlcConfig:
+        """The PLC called ``name`` (KeyError naming the PLCs otherwise)."""
+        for p in self.opcua.resolved_plcs():
+            if p.name == name:
+                return p
+        raise KeyError(f"no PLC {name!r}; the PLCs are: {', '.join(p.name for p in self.opcua.resolved_plcs())}")
 
     def tag(self, name: str) -> Tag:
         for t in self.tags:

@@ -73,6 +73,8 @@ class OpcUaTag(StrictModel):
     sampling_interval_ms: float = Field(1000.0, gt=0)
     queue_size: int = Field(1, ge=1)
     deadband_abs: float = Field(0.0, ge=0, description="absolute deadband, engineering units")
+    plc: str | None = Field(None, description=(
+        "the PLC (opcua.plcs name) serving this tag; default: the PLC claiming its plant unit"))
 
 
 class Tag(StrictModel):

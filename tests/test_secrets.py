@@ -248,7 +248,7 @@ def test_compose_runs_secured_by_default():
 def test_systemd_units_run_secured_by_default():
     plc = (DEPLOY / "systemd/pilot-plc-sim.service").read_text()
     bridge = (DEPLOY / "systemd/pilot-bridge.service").read_text()
-    cmd = next(c for c in deploy_commands() if c[1] == "plc-sim" and "127.0.0.1" in option(c, "--endpoint"))
+    cmd = next(c for c in deploy_commands() if c[1] == "plc-sim" and not any("0.0.0.0" in x for x in c))
     assert encrypted_only(option(cmd, "--security")) and "--no-anonymous" in cmd and option(cmd, "--pki")
     for unit in (plc, bridge):
         assert re.search(r"^ExecStartPre=\S+ -m pilot\.secrets$", unit, re.M)
