@@ -5,6 +5,8 @@
 from .bridge import OpcUaBridge
 from .browse import browse
 from .client_security import ClientSecurity
+from .link_state import LinkStatus
+from .plant_link import PlantLink
 from .plc_sim import run_plc_sim
 from .security import Pki, SecurityError, create_certificate
 from .server import PlcServer
@@ -18,7 +20,7 @@ from .tagmap import Role, TagMap, required_role
 from .users import UserDirectory
 
 __all__ = [
-    "ClientSecurity", "OpcUaBridge", "Pki", "PlcServer", "Role", "SecurityError", "ServerSecurity",
-    "TagMap", "UserDirectory", "browse", "create_certificate", "parse_endpoints", "required_role", "run_plc_sim",
+    "ClientSecurity", "LinkStatus", "OpcUaBridge", "Pki", "PlantLink", "PlcServer", "Role", "SecurityError",
+    "ServerSecurity", "TagMap", "UserDirectory", "browse", "create_certificate", "parse_endpoints", "required_role", "run_plc_sim",
     "secure_server", "server_security_from_env",
 ]

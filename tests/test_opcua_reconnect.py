@@ -1,6 +1,8 @@
 """Kill the simulated PLC (a separate process) during a subscription and bring it back: the
-bridge is back within 5 s with every item restored, the gap is recorded as BAD, one log line
-down / one up, and a write attempted during the outage is refused and never replayed."""
+bridge is back within 5 s with every item restored, the gap is recorded as BAD (a BadCommunicationError
+sample at each end), one log line down / one up, and a write attempted during the outage is refused
+and never replayed. Then the same for one PLC of several (`pilot plc-sim --plc NAME`, a process of
+its own, killed with SIGKILL) while the others keep updating and taking writes."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from asyncua import ua
 
 from opcua_server.bridge import OpcUaBridge
 from opcua_server.client_security import ClientSecurity
@@ -43,9 +46,12 @@ async def scenario(port: int, proc_box: list) -> dict:
                          security=ClientSecurity("None", "None", username="op", password=PASSWORD,
                                                  allow_plaintext_password=True),  # plc-sim's quick-start None endpoint
                          listener=lambda n, s: series.append((time.time(), n, s)))
+    names = {t.name for t in config.tags}
+    fresh_since = lambda t0: {n for t, n, s in series  # noqa: E731
+                              if t >= t0 and s.status != ua.StatusCodes.BadCommunicationError}
     await bridge.start()
     try:
-        await asyncio.sleep(1.5)
+        await until(lambda: fresh_since(0.0) == names, 10.0)
         initial = (await bridge.read_now(["ADS.FEED.FLOW_SP"]))["ADS.FEED.FLOW_SP"].value
         before = await bridge.write({"ADS.FEED.FLOW_SP": 111.0})
         t_kill = time.time()
@@ -62,7 +68,7 @@ async def scenario(port: int, proc_box: list) -> dict:
         t_up = time.time()
         back = await bridge.wait_connected(5.0)
         t_back = time.time()
-        await asyncio.sleep(1.5)
+        await until(lambda: fresh_since(t_up) == names, 10.0)  # every item restored
         sp = (await bridge.read_now(["ADS.FEED.FLOW_SP"]))["ADS.FEED.FLOW_SP"]
         return dict(bridge=bridge, series=series, before=before, during=during, snap_down=snap_down,
                     t_kill=t_kill, t_up=t_up, initial=initial, back=back, t_back=t_back, sp=sp, names=[t.name for t in config.tags])
@@ -94,6 +100,9 @@ def test_kill_and_restart_during_subscription(caplog):
         gap = [s for t, s in mine if r["t_kill"] <= t < r["t_up"]]
         assert gap and all(s.quality == Quality.BAD for s in gap), name  # the gap is recorded, as BAD
         assert any(t >= r["t_up"] for t, _ in mine), name  # item restored: it reports again
+        marks = [i for i, (_, s) in enumerate(mine) if s.status == ua.StatusCodes.BadCommunicationError]
+        assert len(marks) == 2 and mine[marks[1]][0] >= r["t_up"], name  # one mark at each end of the gap
+        assert len(mine) > marks[1] + 1, name  # the closing mark came before the fresh values
     flow = [s for t, n, s in r["series"] if n == "ADS.FEED.FLOW"]
     qualities = [s.quality for s in flow]
     first_bad = qualities.index(Quality.BAD)
@@ -101,3 +110,102 @@ def test_kill_and_restart_during_subscription(caplog):
     down = [m for m in caplog.messages if "down" in m]
     up = [m for m in caplog.messages if "back after" in m]
     assert len(down) == 1 and len(up) == 1
+
+
+# -- one PLC of several, a `pilot plc-sim --plc NAME` process of its own, killed with SIGKILL --------
+VICTIM = "electrolysis"
+
+
+def start_plcs(names: list[str], urls: dict[str, str]) -> subprocess.Popen:
+    args = [sys.executable, "-m", "pilot", "plc-sim", "--speed", "60"]
+    for name in names:
+        args += ["--plc", name, "--endpoint", f"{name}={urls[name]}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PILOT_OPCUA_USERS": f"op:operator:{PASSWORD}"}
+    env.pop("PILOT_OPCUA_ENDPOINT", None)
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for name in names:
+        wait_port(int(urls[name].rsplit(":", 1)[1]), 60)
+    return proc
+
+
+async def until(pred, timeout_s: float) -> float:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return time.time()
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not true within {timeout_s} s")
+
+
+async def several_plcs_scenario(config, urls: dict[str, str], procs: dict[str, subprocess.Popen]) -> dict:
+    from opcua_server.plant_link import PlantLink
+
+    series: list[tuple[float, str, object]] = []
+    tags = config.plc_tags()
+    plcs = [(p.model_copy(update={"endpoint": urls[p.name]}), tags[p.name]) for p in config.opcua.resolved_plcs()]
+    link = PlantLink(plcs, ClientSecurity("None", "None", username="op", password=PASSWORD,
+                                          allow_plaintext_password=True),
+                     listener=lambda n, s: series.append((time.time(), n, s)))
+    victim = {t.name for t in tags[VICTIM]}
+    good_after = lambda t0, mine: sum(1 for t, n, s in series if t >= t0 and (n in victim) == mine  # noqa: E731
+                                      and s.quality == Quality.GOOD)
+    await link.start()
+    try:
+        await until(lambda: good_after(0.0, True) > 0 and good_after(0.0, False) > 0, 10.0)
+        t_kill = time.time()
+        procs[VICTIM].send_signal(signal.SIGKILL)
+        t_bad = await until(lambda: not link.bridge(VICTIM).connected, 2.0)
+        last_seen = link.bridge(VICTIM).clock.now()
+        writes = await link.write({"ADS.FEED.FLOW_SP": 101.0, "CELL1.CURRENT_SP": 50.0})
+        await until(lambda: good_after(t_bad, False) > 0, 5.0)
+        others = good_after(t_bad, False)
+        procs[VICTIM].wait(5)
+        procs[VICTIM] = await asyncio.to_thread(start_plcs, [VICTIM], urls)
+        t_listen = time.time()
+        back = await link.wait_connected(5.0, [VICTIM])
+        t_back = time.time()
+        await until(lambda: good_after(t_back, True) > 0, 5.0)
+        return dict(series=series, victim=victim, t_kill=t_kill, t_bad=t_bad, writes=writes, others=others,
+                    back=back, t_listen=t_listen, t_back=t_back, last_seen=last_seen,
+                    clock_after=link.bridge(VICTIM).clock.now(), t_clock=time.time(), links=link.links())
+    finally:
+        await link.close()
+
+
+def test_kill_one_plc_of_several_and_restart_it(caplog):
+    config = load_config()
+    names = [p.name for p in config.opcua.resolved_plcs()]
+    assert VICTIM in names and len(names) >= 3
+    urls = {n: f"opc.tcp://127.0.0.1:{free_port()}" for n in names}
+    procs = {}
+    try:
+        procs["rest"] = start_plcs([n for n in names if n != VICTIM], urls)
+        procs[VICTIM] = start_plcs([VICTIM], urls)
+        with caplog.at_level(logging.INFO, logger="opcua_server.bridge"):
+            r = asyncio.run(several_plcs_scenario(config, urls, procs))
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait(5)
+    assert r["t_bad"] - r["t_kill"] < 2.0
+    assert "ADS.FEED.FLOW_SP" in r["writes"].accepted
+    assert "connection down" in r["writes"].refused["CELL1.CURRENT_SP"]
+    assert r["others"] > 0  # the other PLCs kept updating during the outage
+    assert r["back"] and r["t_back"] - r["t_listen"] < 5.0
+    comm = ua.StatusCodes.BadCommunicationError
+    for name in r["victim"]:
+        seq = [(t, s) for t, n, s in r["series"] if n == name]
+        marks = [i for i, (_, s) in enumerate(seq) if s.status == comm]
+        assert len(marks) == 2, name  # at the loss and at the return
+        down, up = seq[marks[0]][1], seq[marks[1]][1]
+        assert seq[marks[0]][0] < r["t_kill"] + 2.0 and seq[marks[1]][0] >= r["t_listen"]
+        assert up.source_time >= down.source_time  # both on the old clock estimate
+        fresh = seq[marks[1] + 1:]
+        assert fresh, name  # the item was restored; the closing mark came before it
+    # the restarted simulator's clock starts again (a fresh twin): the bridge's estimate follows it
+    fresh = [(t, s) for t, n, s in r["series"] if n in r["victim"] and t >= r["t_listen"] and s.status != comm]
+    t_arrived, newest = max(fresh, key=lambda ts: ts[1].source_time)
+    assert abs(r["clock_after"] - (newest.source_time + r["t_clock"] - t_arrived)) < 1.0
+    assert r["links"][VICTIM].reconnects == 1 and all(s.up for s in r["links"].values())
+    assert [m for m in caplog.messages if " down (" in m][0].startswith(f"PLC {VICTIM} (")
+    assert len([m for m in caplog.messages if " down (" in m]) == 1
