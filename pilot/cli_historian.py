@@ -2,11 +2,15 @@
 
 Mounted by the main CLI as ``app.add_typer(historian_app, name="historian")``. Everything about
 the database comes from the environment (``pilot.historian.settings``). Bad input ends with one
-red line and exit code 2; an unreachable database with exit code 1.
+red line and exit code 2; an unreachable database with exit code 1. ``status`` also shows the
+recorder's counters of a running ``pilot run``, read from its operator server (variable
+``Historian``) with the connection options of ``pilot alarms``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 from pathlib import Path
@@ -15,6 +19,17 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from opcua_server.operator import DEFAULT_OPERATOR_ENDPOINT
+
+from .cli_security import (
+    DEFAULT_PKI,
+    AllowPlaintextOpt,
+    PasswordFileOpt,
+    PkiOpt,
+    SecurityModeOpt,
+    SecurityPolicyOpt,
+    UserOpt,
+)
 from .secrets import redact_url
 
 err = Console(stderr=True)
@@ -59,28 +74,91 @@ def grafana_cmd(out_dir: Annotated[Path, typer.Option("--out", help="folder to w
 
 
 @historian_app.command("status")
-def status_cmd() -> None:
-    """Where points go (from the environment), whether the database answers, what the spool holds."""
-    from pilot.historian.spool import Spool
-
+def status_cmd(
+    endpoint: Annotated[str, typer.Option(
+        "--endpoint", envvar="PILOT_OPERATOR_ENDPOINT",
+        help="operator server of a running `pilot run` (its recorder's counters)")] = DEFAULT_OPERATOR_ENDPOINT,
+    security_policy: SecurityPolicyOpt = "auto", security_mode: SecurityModeOpt = "auto",
+    pki: PkiOpt = DEFAULT_PKI, user: UserOpt = None, password_file: PasswordFileOpt = None,
+    allow_plaintext_password: AllowPlaintextOpt = False,
+) -> None:
+    """Where points go (from the environment), whether the database answers, what the spool holds,
+    and the counters of a running `pilot run` (recorded, written, spooled, replayed, dropped, backlog)."""
     s = _settings()
+    _print_running(endpoint, (security_policy, security_mode, pki, user, password_file, allow_plaintext_password))
     if not s.uses_influx:
         out.print("historian: embedded SQLite store in each run folder (PILOT_INFLUX_URL not set)")
         return
     target = f"bucket {s.bucket} (org {s.org})" if s.version == 2 else f"database {s.database}"
     out.print(f"historian: InfluxDB {s.version}.x at {redact_url(s.influx_url)}, {target}, "
               f"precision {s.precision}", highlight=False)
-    if s.spool_path.exists():
-        sp = Spool(s.spool_path, int(s.spool_max_mb * 2**20))
-        out.print(f"spool {s.spool_path}: {sp.pending_points} points in {sp.pending_batches} batches "
-                  f"({sp.bytes / 2**20:.1f} of {s.spool_max_mb:.0f} MiB), {sp.rejected_points()} refused")
-        sp.close()
-    else:
-        out.print(f"spool {s.spool_path}: empty (no file)")
+    _print_spool(s)
     ok = _ping(s)
     out.print("database: " + ("[green]answering[/]" if ok else "[red]not answering[/]"))
     if not ok:
         raise typer.Exit(1)
+
+
+def _print_spool(s) -> None:
+    from pilot.historian.spool import Spool
+
+    if s.spool_path.exists():
+        sp = Spool(s.spool_path, int(s.spool_max_mb * 2**20))
+        out.print(f"spool {s.spool_path}: {sp.pending_points} points in {sp.pending_batches} batches "
+                  f"({sp.bytes / 2**20:.1f} of {s.spool_max_mb:.0f} MiB) not yet stored, "
+                  f"{sp.rejected_points()} refused", highlight=False)
+        sp.close()
+    else:
+        out.print(f"spool {s.spool_path}: empty (no file)", highlight=False)
+
+
+def counters_line(c: dict) -> str:
+    """One line of a recorder's counters (``Recorder.counters()``)."""
+    dropped = ", ".join(f"{n} {reason}" for reason, n in c.get("dropped", {}).items()) or "none"
+    inherited = f", {c['inherited']} inherited from an earlier run" if c.get("inherited") else ""
+    return (f"run {c.get('run') or '-'}: {c['recorded']} recorded, {c['written']} written, "
+            f"{c['spooled']} spooled, {c['replayed']} replayed, {c['backlog']} waiting{inherited}; "
+            f"dropped: {dropped}")
+
+
+def _print_running(endpoint: str, options: tuple) -> None:
+    """The counters of the `pilot run` serving ``endpoint``; a line saying none answers otherwise."""
+    from opcua_server.security import SecurityError
+
+    from .cli_opcua import check_endpoint
+    from .cli_security import client_security_or_fail
+
+    check_endpoint(endpoint)
+    security = client_security_or_fail(*options)
+    logging.getLogger("asyncua").setLevel(logging.CRITICAL)  # the outcome is the one line below
+    try:
+        counters = asyncio.run(read_counters(endpoint, security))
+    except SecurityError as exc:
+        err.print(f"[red]pilot run at {endpoint}:[/] {exc}", highlight=False, soft_wrap=True)
+        return
+    except Exception as exc:  # noqa: BLE001  (OSError, timeouts, a server without the variable)
+        out.print(f"pilot run: none answering at {endpoint} ({exc or type(exc).__name__})", highlight=False,
+                  soft_wrap=True)
+        return
+    if not counters:
+        out.print(f"pilot run at {endpoint}: recording nothing (no historian)", highlight=False)
+        return
+    out.print(f"pilot run at {endpoint}: {counters_line(counters)}", highlight=False, soft_wrap=True)
+
+
+async def read_counters(endpoint: str, security) -> dict:
+    """The ``Historian`` variable of a running `pilot run`'s operator server, parsed."""
+    from asyncua import ua
+
+    from opcua_server.client_security import connect_client
+    from opcua_server.operator import OPERATOR_NS
+
+    client = await connect_client(endpoint, security, name="pilot-line historian status")
+    try:
+        idx = await client.get_namespace_index(OPERATOR_NS)
+        return json.loads(await client.get_node(ua.NodeId("Operator.Historian", idx)).read_value())
+    finally:
+        await client.disconnect()
 
 
 def _ping(s) -> bool:
@@ -102,7 +180,9 @@ def replay_cmd(timeout_s: Annotated[float, typer.Option("--timeout", help="give 
     ok = rec.drain(timeout_s)
     left = rec.spool.pending_points
     rec.close()
-    out.print(f"replayed {rec.stats.replayed} of {waiting} points; {left} left")
+    c = rec.counters()
+    dropped = sum(c["dropped"].values())
+    out.print(f"replayed {c['replayed']} of {waiting} points; {left} left" + (f"; {dropped} dropped" if dropped else ""))
     if not ok:
         raise typer.Exit(1)
 
@@ -126,6 +206,6 @@ def feed_cmd(hours: Annotated[float, typer.Option(help="plant hours to simulate"
     ok = rec.drain(120)
     rec.close()
     where = redact_url(s.influx_url) if s.influx_url else str(run_dir)
-    out.print(f"{n} points recorded to {where}: {rec.stats.written} written, {rec.stats.spooled} spooled")
+    out.print(f"{n} points recorded to {where}: {counters_line(rec.counters())}", highlight=False)
     if not ok:
         raise typer.Exit(1)

@@ -47,10 +47,11 @@ def test_line_protocol_escaping_precision_and_exact_floats():
         Encoder("h")
 
 
-def test_non_finite_values_are_skipped_and_counted():
+def test_non_finite_values_are_stored_without_a_value_field_never_dropped():
     enc = Encoder()
     lines = enc.lines([Point("m", "t", "u", v, 1.0) for v in (1.0, float("nan"), float("inf"), -float("inf"))])
-    assert len(lines) == 1 and enc.skipped == 3
+    assert lines == ["m,quality=good,tag=t,unit=u value=1.0 1000"] + ["m,quality=good,tag=t,unit=u status=0i 1000"] * 3
+    assert enc.no_value == 3
 
 
 def test_point_builders_follow_the_schema():
@@ -245,8 +246,8 @@ def test_text_survives_the_disk_spool_and_old_rows_replay(tmp_path):
                   (b'[["process","T","u",1.5,2.0,"good",""]]',))
     s.close()
     s = Spool(tmp_path / "s.sqlite")
-    bid, batch = s.peek()
-    assert batch == text_points()
+    bid, batch, run = s.peek()
+    assert batch == text_points() and run == ""
     s.ack(bid)
     assert s.peek()[1] == [Point("process", "T", "u", 1.5, 2.0)]
     s.close()
@@ -265,3 +266,19 @@ def test_settings_hide_secrets_and_read_them_from_files(tmp_path):
     assert "s3cret" not in repr(s) and "s3cret" not in repr(make_sink(s).settings)
     with pytest.raises(ValueError, match="PILOT_INFLUX_PASSWORD_FILE names .*missing"):
         HistorianSettings.from_env({"PILOT_INFLUX_PASSWORD_FILE": str(tmp_path / "missing")})
+
+
+def test_spool_keeps_status_nan_and_the_run_of_each_batch(tmp_path):
+    bad = [Point("process", "T", "u", float("nan"), 2.0, "bad", status=0x80050000),
+           Point("estimate", "T.EST", "u", 1.25, 2.0, text="x", status=0x40000000)]
+    s = Spool(tmp_path / "s.sqlite")
+    s.append(bad, "run-a")
+    s.append(pts(2), "run-b")
+    s.close()
+    s = Spool(tmp_path / "s.sqlite")
+    bid, batch, run = s.peek()
+    assert run == "run-a" and [p.status for p in batch] == [0x80050000, 0x40000000]
+    assert batch[0].value != batch[0].value and batch[1] == bad[1]  # NaN round-trips as NaN
+    s.ack(bid)
+    assert s.peek()[1:] == (pts(2), "run-b")
+    s.close()

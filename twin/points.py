@@ -39,18 +39,22 @@ def process_points(snapshot: Mapping, units: Mapping[str, str], session: str = "
 
 
 class FreshSamples:
-    """Keeps only samples newer than the last one recorded per tag (an analyser repeats its last
-    assay until the next one: recording it again would be the same point, same series and time)."""
+    """Keeps only samples not recorded yet: per tag and status, the source time of the last one
+    passed (an analyser repeats its last assay until the next one: recording it again would be the
+    same point, same series and time). A sample with another status passes even at a time already
+    seen (the Bad mark of an outage is a point of its own), and a Good value the PLC still holds at
+    its old source time after an outage is not recorded twice."""
 
     def __init__(self) -> None:
-        self._last: dict[str, float] = {}
+        self._last: dict[tuple[str, int], float] = {}
 
     def __call__(self, snapshot: Mapping) -> dict:
         last = self._last
         out = {}
         for name, s in snapshot.items():
-            if last.get(name) != s.source_time:
-                last[name] = s.source_time
+            key = (name, s.status)
+            if last.get(key) != s.source_time:
+                last[key] = s.source_time
                 out[name] = s
         return out
 

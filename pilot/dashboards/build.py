@@ -39,8 +39,9 @@ def _names(tags, *, kinds=None, contains: str = "", prefix: str = "", unit: str 
 
 def _process(title: str, names: list[str], unit: str = "", w: int = 12, step: bool = False,
              description: str = "") -> dict:
-    q = m.series_query("process", f'"tag" =~ {m.regex(names)}', "last" if step else "mean")
-    return m.timeseries(title, [m.influxql(q, "A")], unit, w=w, step=step, description=description)
+    q = m.series_query("process", f'"tag" =~ {m.regex(names)}', "last" if step else "mean", gaps=True)
+    return m.show_gaps(m.timeseries(title, [m.influxql(q, "A", m.GAP_ALIAS)], unit, w=w, step=step,
+                                    description=description))
 
 
 # -- overview --------------------------------------------------------------------------------

@@ -32,10 +32,29 @@ def regex(names: Iterable[str], suffix: str = "") -> str:
     return f"/^({alts}){re.escape(suffix)}$/"
 
 
-def series_query(measurement: str, where: str, agg: str = "mean") -> str:
-    """Time series per tag, aggregated to Grafana's interval."""
-    return (f'SELECT {agg}("value") FROM "{measurement}" WHERE {where} AND $timeFilter '
+GAP_ALIAS = "$tag_tag $col"  # "<TAG> value" and "<TAG> status": see show_gaps
+
+
+def series_query(measurement: str, where: str, agg: str = "mean", gaps: bool = False) -> str:
+    """Time series per tag, aggregated to Grafana's interval. ``fill(none)``: an interval without
+    a new sample is no point (the PLC reports changes only: a steady value is not a gap).
+    ``gaps``: also ``last("status")``, so an interval holding only Bad marks (no ``value`` field)
+    is a row whose value is null: with ``spanNulls: false`` the line breaks there, from the last
+    good value before an outage to the first after it."""
+    fields = f'{agg}("value") AS "value", last("status") AS "status"' if gaps else f'{agg}("value")'
+    return (f'SELECT {fields} FROM "{measurement}" WHERE {where} AND $timeFilter '
             f'GROUP BY time($__interval), "tag" fill(none)')
+
+
+def show_gaps(panel: dict) -> dict:
+    """For targets built with ``series_query(gaps=True)`` and ``GAP_ALIAS``: the status series are
+    hidden (they only carry the nulls) and "<TAG> value" is shown as "<TAG>"."""
+    panel["fieldConfig"]["overrides"].append({
+        "matcher": {"id": "byRegexp", "options": "/ status$/"},
+        "properties": [{"id": "custom.hideFrom", "value": {"legend": True, "tooltip": True, "viz": True}}]})
+    panel.setdefault("transformations", []).append(
+        {"id": "renameByRegex", "options": {"regex": "^(.*) value$", "renamePattern": "$1"}})
+    return panel
 
 
 def last_query(measurement: str, where: str) -> str:
@@ -57,7 +76,7 @@ def _panel(kind: str, title: str, targets: Sequence[dict], w: int, h: int, unit:
 def timeseries(title: str, targets: Sequence[dict], unit: str = "", w: int = 12, h: int = 8,
                description: str = "", step: bool = False) -> dict:
     p = _panel("timeseries", title, targets, w, h, unit, description)
-    p["fieldConfig"]["defaults"]["custom"] = {"lineWidth": 1, "showPoints": "never", "spanNulls": True,
+    p["fieldConfig"]["defaults"]["custom"] = {"lineWidth": 1, "showPoints": "never", "spanNulls": False,
                                               "lineInterpolation": "stepAfter" if step else "linear"}
     p["options"] = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
                     "tooltip": {"mode": "multi", "sort": "none"}}

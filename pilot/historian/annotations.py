@@ -60,8 +60,8 @@ class GrafanaAnnotations:
     def open(self) -> None:
         """Nothing up front: an absent Grafana is handled like any outage."""
 
-    def write_batch(self, points: Sequence[Point]) -> None:
-        """Post each alarm transition; the batch is retried whole, so a retry may repeat the
+    def write_batch(self, points: Sequence[Point], run: str = "") -> None:
+        """Post each alarm transition (``run`` is not shown); the batch is retried whole, so a retry may repeat the
         annotations posted before the failure (harmless marks, never lost ones)."""
         for p in points:
             if p.measurement == "alarm":

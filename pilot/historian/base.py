@@ -10,7 +10,13 @@ Schema (shared by every sink, see docs/historian.md):
   ``alarm`` (alarm/event transitions), ``kpi``;
 - tags (low cardinality): ``unit`` (plant unit), ``tag`` (tag name), ``quality``
   (good / uncertain / bad), and ``session`` (training sessions only);
-- one float field ``value``; the timestamp is the source time, Unix seconds.
+- one float field ``value`` (absent when the point has no finite value: a Bad sample), an integer
+  field ``status`` (the OPC UA StatusCode, when not Good), a string field ``text`` when set, and
+  on derived measurements the tag ``run`` (the recording process); the timestamp is the source
+  time, Unix seconds.
+
+``write_batch(points, run="")``: ``run`` is the run that recorded the batch (a replayed batch
+keeps its own); sinks tag the derived measurements with it.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ class SinkError(RuntimeError):
 class Sink(Protocol):
     def open(self) -> None: ...
 
-    def write_batch(self, points: Sequence[Point]) -> None: ...
+    def write_batch(self, points: Sequence[Point], run: str = "") -> None: ...
 
     def flush(self) -> None: ...
 

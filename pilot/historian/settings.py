@@ -30,6 +30,7 @@ from .influx1 import Influx1Settings, Influx1Sink
 from .influx2 import Influx2Settings, Influx2Sink
 from .lineproto import PRECISIONS
 from .recorder import Recorder
+from .runs import new_run_id
 from .spool import Spool
 
 
@@ -117,8 +118,10 @@ def make_sink(s: HistorianSettings, run_dir: Path | None = None) -> Sink:
                                        s.precision))
 
 
-def make_recorder(s: HistorianSettings, run_dir: Path | None = None) -> Recorder:
-    """Recorder with the disk spool (InfluxDB) or the memory spool (embedded store); not started."""
+def make_recorder(s: HistorianSettings, run_dir: Path | None = None, run_id: str | None = None) -> Recorder:
+    """Recorder with the disk spool (InfluxDB) or the memory spool (embedded store); not started.
+    ``run_id``: the run tag of its derived points (None: a fresh one, ``new_run_id()``)."""
     sink = make_sink(s, run_dir)
     spool = Spool(s.spool_path, int(s.spool_max_mb * 2**20)) if s.influx_url else None
-    return Recorder(sink, spool, batch_size=s.batch_size, flush_interval_s=s.flush_interval_s)
+    return Recorder(sink, spool, batch_size=s.batch_size, flush_interval_s=s.flush_interval_s,
+                    run_id=new_run_id() if run_id is None else run_id)

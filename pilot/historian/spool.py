@@ -1,13 +1,16 @@
 """Store and forward: a disk-backed FIFO of batches that the database did not take (yet).
 
-One SQLite file (WAL journal, survives a process crash or restart)::
+One SQLite file (WAL journal, ``synchronous=FULL``: every appended batch is fsynced before
+``append`` returns, so a kill -9 or a power cut loses no batch the spool took)::
 
-    batches(id INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER, bytes INTEGER, payload BLOB)
+    batches(id INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER, bytes INTEGER, payload BLOB, run TEXT)
     rejected(id, n, reason TEXT, payload BLOB)   -- dead letters: refused for good (HTTP 400/413)
 
 ``payload`` is the batch as compact JSON rows ``[measurement, tag, unit, value, time_s, quality,
-session, text]`` (floats round-trip exactly; ``text`` only when a point has one, so rows spooled
-by an earlier version, without it, replay as they are). The file and a folder it creates are
+session, text, status]`` (floats round-trip exactly, NaN as ``NaN``; ``text`` and ``status`` only
+when a point needs them, so rows spooled by an earlier version replay as they are). ``run`` is
+the run of the process that recorded the batch: replayed by a later process, its derived points
+keep the run they were recorded in. The file and a folder it creates are
 owner-only (0600 / 0700 from creation): the spool is process data. Replay is strictly in ``id`` order: ``peek()`` gives the
 oldest batch, ``ack(id)`` deletes it once the sink has stored it. A batch is deleted only after the
 sink confirmed it, so a crash between the write and the ack can replay that one batch again: with
@@ -36,16 +39,21 @@ log = logging.getLogger(__name__)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER NOT NULL, bytes INTEGER NOT NULL,
-    payload BLOB NOT NULL);
+    payload BLOB NOT NULL, run TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS rejected (
     id INTEGER PRIMARY KEY, n INTEGER NOT NULL, reason TEXT NOT NULL, payload BLOB NOT NULL);
 """
 
 
+def _row(p: Point) -> tuple:
+    row = (p.measurement, p.tag, p.unit, p.value, p.time_s, p.quality, p.session)
+    if p.status:
+        return (*row, p.text, p.status)
+    return (*row, p.text) if p.text else row
+
+
 def dump_points(points: Sequence[Point]) -> bytes:
-    rows = [(p.measurement, p.tag, p.unit, p.value, p.time_s, p.quality, p.session, p.text) if p.text
-            else (p.measurement, p.tag, p.unit, p.value, p.time_s, p.quality, p.session) for p in points]
-    return json.dumps(rows, separators=(",", ":")).encode()
+    return json.dumps([_row(p) for p in points], separators=(",", ":")).encode()
 
 
 def load_points(payload: bytes) -> list[Point]:
@@ -64,8 +72,10 @@ class Spool:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(private_file(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        if "run" not in {row[1] for row in self._db.execute("PRAGMA table_info(batches)")}:
+            self._db.execute("ALTER TABLE batches ADD COLUMN run TEXT NOT NULL DEFAULT ''")
         n, b, k = self._db.execute(
             "SELECT COALESCE(SUM(n),0), COALESCE(SUM(bytes),0), COUNT(*) FROM batches").fetchone()
         self.pending_points, self.bytes, self.pending_batches = int(n), int(b), int(k)
@@ -78,13 +88,14 @@ class Spool:
     def __len__(self) -> int:
         return self.pending_batches
 
-    def append(self, points: Sequence[Point]) -> None:
+    def append(self, points: Sequence[Point], run: str = "") -> None:
+        """Store a batch (fsynced before returning); ``run``: the run that recorded it."""
         if not points:
             return
         payload = dump_points(points)
         with self._lock:
-            self._db.execute("INSERT INTO batches (n, bytes, payload) VALUES (?,?,?)",
-                             (len(points), len(payload), payload))
+            self._db.execute("INSERT INTO batches (n, bytes, payload, run) VALUES (?,?,?,?)",
+                             (len(points), len(payload), payload, run))
             self.pending_points += len(points)
             self.bytes += len(payload)
             self.pending_batches += 1
@@ -110,13 +121,13 @@ class Spool:
         log.warning("historian spool %s full (%.1f MiB): dropped the oldest %d points (%d batches)",
                     self.path, self.max_bytes / 2**20, dropped_n, dropped_k)
 
-    def peek(self) -> tuple[int, list[Point]] | None:
-        """The oldest batch (id, points), or None when empty. It stays until ``ack``."""
+    def peek(self) -> tuple[int, list[Point], str] | None:
+        """The oldest batch (id, points, run), or None when empty. It stays until ``ack``."""
         with self._lock:
-            row = self._db.execute("SELECT id, payload FROM batches ORDER BY id LIMIT 1").fetchone()
+            row = self._db.execute("SELECT id, payload, run FROM batches ORDER BY id LIMIT 1").fetchone()
         if row is None:
             return None
-        return int(row[0]), load_points(row[1])
+        return int(row[0]), load_points(row[1]), row[2]
 
     def ack(self, batch_id: int) -> None:
         with self._lock:

@@ -5,19 +5,23 @@ Schema (same measurements and tags as the InfluxDB sinks, see ``base.py``)::
     CREATE TABLE points (
         measurement TEXT, tag TEXT, unit TEXT, quality TEXT, session TEXT,
         time_s REAL,   -- source time, seconds (plant clock in standalone runs)
-        value REAL,
-        text TEXT NOT NULL DEFAULT '');   -- free text (operator actions), '' for most points
+        value REAL,    -- NULL: no value (a Bad sample, or a non-finite value)
+        text TEXT NOT NULL DEFAULT '',    -- free text (operator actions), '' for most points
+        status INTEGER NOT NULL DEFAULT 0,  -- OPC UA StatusCode of the sample (0: Good)
+        run TEXT NOT NULL DEFAULT '');    -- run of the recording process (derived measurements)
     CREATE INDEX points_tag_time ON points (tag, time_s);
 
-A store written before ``text`` existed still opens: the column is added on ``open()``.
-Written in batches inside one transaction each (WAL journal), read back with ``read_series`` and
-``read_points``. Any SQLite tool opens it: ``sqlite3 DIR/history.sqlite "select * from points
+A store written before ``text``, ``status`` or ``run`` existed still opens: the columns are added
+on ``open()``. Written in batches inside one transaction each (WAL journal, ``synchronous=FULL``:
+a batch the sink confirmed survives a power cut), read back with ``read_series`` and
+``read_points`` (a NULL value reads as NaN). Any SQLite tool opens it: ``sqlite3 DIR/history.sqlite "select * from points
 where tag=..."``. The file is created owner-only (0600; SQLite gives its ``-wal`` and ``-shm``
 the same mode): it is process data.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,15 +31,18 @@ import numpy as np
 
 from ..secrets import private_file
 from .base import Point, SinkError
+from .lineproto import DERIVED
 
 FILE_NAME = "history.sqlite"
 
-_COLUMNS = "measurement, tag, unit, quality, session, time_s, value, text"
+_COLUMNS = "measurement, tag, unit, quality, session, time_s, value, text, status"
+_ADDED = {"text": "TEXT NOT NULL DEFAULT ''", "status": "INTEGER NOT NULL DEFAULT 0",
+          "run": "TEXT NOT NULL DEFAULT ''"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS points (
     measurement TEXT NOT NULL, tag TEXT NOT NULL, unit TEXT NOT NULL,
     quality TEXT NOT NULL, session TEXT NOT NULL, time_s REAL NOT NULL, value REAL,
-    text TEXT NOT NULL DEFAULT '');
+    text TEXT NOT NULL DEFAULT '', status INTEGER NOT NULL DEFAULT 0, run TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS points_tag_time ON points (tag, time_s);
 """
 
@@ -59,20 +66,24 @@ class SqliteSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(private_file(self.path), check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(points)")}
-        if "text" not in columns:  # a store from before the text field
-            self._db.execute("ALTER TABLE points ADD COLUMN text TEXT NOT NULL DEFAULT ''")
+        for name, decl in _ADDED.items():  # a store from before these columns
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE points ADD COLUMN {name} {decl}")
 
-    def write_batch(self, points: Sequence[Point]) -> None:
+    def write_batch(self, points: Sequence[Point], run: str = "") -> None:
+        """Store the batch; ``run`` goes on the derived measurements (``lineproto.DERIVED``), a
+        non-finite value is stored as NULL."""
         if self._db is None:
             raise SinkError(f"{self.path}: write before open()")
-        rows = [(p.measurement, p.tag, p.unit, p.quality, p.session, p.time_s, p.value, p.text)
-                for p in points]
+        rows = [(p.measurement, p.tag, p.unit, p.quality, p.session, p.time_s,
+                 p.value if math.isfinite(p.value) else None, p.text, int(p.status),
+                 run if p.measurement in DERIVED else "") for p in points]
         try:
             with self._db:
-                self._db.executemany(f"INSERT INTO points ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", rows)
+                self._db.executemany(f"INSERT INTO points ({_COLUMNS}, run) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
         except sqlite3.Error as exc:
             raise SinkError(f"{self.path}: {exc}") from exc
 
@@ -113,20 +124,33 @@ def read_series(path: Path | str, tag: str, measurement: str | None = None) -> S
     if not rows:
         raise KeyError(tag)
     t, v, q = zip(*rows)
-    return Series(tag, np.array(t, dtype=float), np.array(v, dtype=float), tuple(q))
+    return Series(tag, np.array(t, dtype=float), np.array([math.nan if x is None else x for x in v], dtype=float),
+                  tuple(q))
 
 
-def read_points(path: Path | str, measurement: str | None = None, tag: str | None = None) -> list[Point]:
-    """Every recorded point (of a measurement, of a tag) in time order, ``text`` included (an
-    old store without the column reads as empty text)."""
+def read_points(path: Path | str, measurement: str | None = None, tag: str | None = None,
+                run: str | None = None) -> list[Point]:
+    """Every recorded point (of a measurement, of a tag, of a run) in time order, ``text`` and
+    ``status`` included (an old store without the columns reads as empty text, status 0); a NULL
+    value reads as NaN."""
     where, args = [], []
-    for column, value in (("measurement", measurement), ("tag", tag)):
+    for column, value in (("measurement", measurement), ("tag", tag), ("run", run)):
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
     with _connect_ro(Path(path)) as db:
-        has_text = "text" in {row[1] for row in db.execute("PRAGMA table_info(points)")}
-        columns = _COLUMNS if has_text else _COLUMNS.replace(", text", ", ''")
+        have = {row[1] for row in db.execute("PRAGMA table_info(points)")}
+        columns = ", ".join(c if c in have or c not in _ADDED else ("''" if c == "text" else "0")
+                            for c in _COLUMNS.split(", "))
         sql = f"SELECT {columns} FROM points" + (" WHERE " + " AND ".join(where) if where else "")
         rows = db.execute(sql + " ORDER BY time_s, rowid", args).fetchall()
-    return [Point(m, t, u, v, ts, q, s, x) for m, t, u, q, s, ts, v, x in rows]
+    return [Point(m, t, u, math.nan if v is None else v, ts, q, s, x, st) for m, t, u, q, s, ts, v, x, st in rows]
+
+
+def read_runs(path: Path | str) -> list[str]:
+    """The runs that recorded derived points into this store, in the order they first did."""
+    with _connect_ro(Path(path)) as db:
+        if "run" not in {row[1] for row in db.execute("PRAGMA table_info(points)")}:
+            return []
+        return [r[0] for r in db.execute(
+            "SELECT run FROM points WHERE run != '' GROUP BY run ORDER BY MIN(rowid)")]
