@@ -5,8 +5,13 @@ Condition (per alarm, evaluated vectorised every ``step``), x in the tag's engin
     high (H, HH):   raise when v > lim;          clear when v < lim − deadband
     low  (L, LL):   raise when v < lim;          clear when v > lim + deadband
     discrete:       active while |v − active_value| < 0.5
-    bad PV:         active while the tag's sample is BAD or missing  (id ``<TAG>.BADPV``)
-    external:       the boolean handed to ``step(..., conditions={id: bool})``
+    bad PV:         active while the tag's sample is BAD or missing  (id ``<TAG>.BADPV``), except
+                    while the link to its PLC is down (status BadCommunicationError / BadNotConnected):
+                    the PLC's comm-loss alarm stands for all of its tags then
+    external:       the boolean handed to ``step(..., conditions={id: bool})``; besides the configured
+                    ones the owner may add ``extra_external`` alarms on tags outside the config
+                    (the loop's ``PLC.<name>.COMM`` on ``PLC.<name>.LINK``, ``<TAG>.DENIED``): their
+                    unit is given, and a unit no operator position receives goes to the first one
 
 A raw condition that differs from the debounced one must persist ``on_delay_s`` (to raise) or
 ``off_delay_s`` (to clear) before it takes effect. A BAD or missing sample freezes the value-driven
@@ -39,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pilot_config.control import AlarmsConfig
+from pilot_config.control import AlarmsConfig, ExternalAlarmConfig
 from pilot_config.tags import Tag
 from twin.signals import Quality, Snapshot
 
@@ -53,6 +58,7 @@ from .alarms_support import (
     JournalEntry,
     Priority,
 )
+from .guard import LINK_DOWN_STATUSES
 
 __all__ = [
     "ActiveAlarm",
@@ -109,13 +115,18 @@ def _definitions(cfg: AlarmsConfig, tags: Mapping[str, Tag]) -> list[_Def]:
 class AlarmManager:
     """All alarms of a line. ``step`` once per control tick; operator actions in between."""
 
-    def __init__(self, config: AlarmsConfig, tags: Sequence[Tag]):
+    def __init__(self, config: AlarmsConfig, tags: Sequence[Tag], extra_external: Sequence[ExternalAlarmConfig] = ()):
         by_name = {t.name: t for t in tags}
         unknown = sorted({a.tag for a in [*config.limit, *config.discrete, *config.external]} - set(by_name))
         if unknown:
             raise ValueError(f"alarm config names unknown tags: {unknown}")
+        if any(e.unit is None for e in extra_external):
+            raise ValueError("an extra external alarm needs its plant unit")
         self.config = config
-        self.defs = _definitions(config, by_name)
+        self.defs = _definitions(config, by_name) + [
+            _Def(e.id, e.tag, "EXTERNAL", _EXTERNAL, 0.0, 0.0, 0.0, e.on_delay_s, e.off_delay_s,
+                 Priority(e.priority), str(e.unit)) for e in extra_external]
+        self._extra = {e.id for e in extra_external}
         ids = [d.alarm_id for d in self.defs]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
@@ -133,7 +144,7 @@ class AlarmManager:
         n = len(self.defs)
         self._cond = np.zeros(n, dtype=bool)
         self._pending = np.full(n, np.nan)
-        self.position = [self._position_of(d.unit) for d in self.defs]
+        self.position = [self._position_of(d.unit, d.alarm_id in self._extra) for d in self.defs]
         self.state = [_S.NORMAL] * n
         self._since = np.full(n, np.nan)
         self._shelved_until = np.full(n, np.nan)
@@ -145,35 +156,41 @@ class AlarmManager:
                                   config.flood_threshold_per_window, config.chattering_window_s,
                                   config.chattering_activations)
 
-    def _position_of(self, unit: str) -> str:
+    def _position_of(self, unit: str, fallback: bool = False) -> str:
         for p in self.config.positions:
             if unit in p.units:
                 return p.name
         for p in self.config.positions:
             if not p.units:
                 return p.name
+        if fallback and self.config.positions:
+            return self.config.positions[0].name
         raise ValueError(f"no operator position receives alarms of unit {unit!r}; "
                          "add it to a position's units or add a position with no units")
 
     # -- evaluation ----------------------------------------------------------------------
-    def _read(self, snapshot: Snapshot) -> np.ndarray:
+    def _read(self, snapshot: Snapshot) -> tuple[np.ndarray, np.ndarray]:
+        """(BAD or missing, BAD because the PLC link is down) per tag; the values kept."""
         bad = np.zeros(len(self.tag_names), dtype=bool)
+        link = np.zeros(len(self.tag_names), dtype=bool)
         for k, name in enumerate(self.tag_names):
             s = snapshot.get(name)
             if s is None or s.quality == Quality.BAD or not math.isfinite(s.value):
                 bad[k] = True
+                link[k] = s is not None and s.status in LINK_DOWN_STATUSES
                 self._values[k] = np.nan
             else:
                 self._values[k] = s.value
-        return bad
+        return bad, link
 
-    def _raw(self, bad: np.ndarray, conditions: Mapping[str, bool]) -> np.ndarray:
+    def _raw(self, bad: np.ndarray, link: np.ndarray, conditions: Mapping[str, bool]) -> np.ndarray:
         v = self._values[self._tag_idx]
         x = np.where(self._sense == 0.0, 0.5 - np.abs(v - self._limit), self._sense * (v - self._limit))
         with np.errstate(invalid="ignore"):
             raw = x > np.where(self._cond, -self._deadband, 0.0)
         bad_pt = bad[self._tag_idx]
-        raw = np.where(self._source == _BADPV, bad_pt, np.where(bad_pt | np.isnan(v), self._cond, raw))
+        badpv = bad_pt & ~link[self._tag_idx]
+        raw = np.where(self._source == _BADPV, badpv, np.where(bad_pt | np.isnan(v), self._cond, raw))
         for alarm_id, c in conditions.items():
             i = self.index.get(alarm_id)
             if i is None or self.defs[i].source != _EXTERNAL:
@@ -186,9 +203,9 @@ class AlarmManager:
     def step(self, snapshot: Snapshot, t: float, conditions: Mapping[str, bool] | None = None) -> AlarmStepResult:
         """Evaluate every alarm at time ``t`` and return this tick's transitions (including operator
         actions since the last step), the alarm summary and the metrics."""
-        bad = self._read(snapshot)
+        bad, link = self._read(snapshot)
         self._expire_shelving(t)
-        raw = self._raw(bad, conditions or {})
+        raw = self._raw(bad, link, conditions or {})
         differs = raw != self._cond
         self._pending = np.where(differs, np.where(np.isnan(self._pending), t, self._pending), np.nan)
         fire = differs & (t - self._pending >= np.where(raw, self._on_delay, self._off_delay))

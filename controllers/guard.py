@@ -3,14 +3,18 @@
 Per proposed tag, in this order (the first that applies decides):
 
 1. hold  - unknown / read-only tag, non-finite proposal, a reason handed in by the caller (e.g. the
-           MPC missed its deadline), or a loop input that is BAD, missing or stale:
+           MPC missed its deadline), a tag the PLC denied (``deny``: BadUserAccessDenied, held
+           until its loop's mode changes), a tag whose own sample says the link to its PLC is down
+           (BadCommunicationError / BadNotConnected: held, never sent to be refused every tick),
+           or a loop input that is BAD, missing or stale:
            ``t − source_time > stale_periods · control_period_s``. Held tags are not written: the
            PLC keeps the last value written (the last safe value) and ``held`` says why.
 2. clamp - to the engineered limits [max(tag.low, low_eng), min(tag.high, high_eng)];
 3. rate  - |u − u_ref| ≤ r · (t − t_ref), r = min(tag.max_rate_per_s, max_rate_eng_per_s), where
            u_ref is the last value the guard let through at t_ref; before the first one (or after
            a change of mode) it is the tag's read-back, with one control period as elapsed time.
-           No reference (read-back BAD or missing) holds the tag.
+           No reference (read-back BAD or missing) holds the tag. After a PLC's reconnect the
+           caller hands the re-read values to ``restart`` (bumpless from the read-back).
 4. mode  - per loop: ``manual`` nothing written (the operator owns the tag), ``advisory`` the
            guarded value is recorded in ``advisory`` and not written, ``auto`` it is in ``to_write``.
            Writable tags in no loop take ``default_mode``.
@@ -32,7 +36,7 @@ from typing import Literal
 
 from pilot_config.control import GuardConfig, LoopMode
 from pilot_config.tags import Tag
-from twin.signals import Quality, Snapshot
+from twin.signals import Quality, Sample, Snapshot
 
 __all__ = ["Guard", "GuardResult", "LiveWriteForbidden", "Session", "Target", "check_session"]
 log = logging.getLogger(__name__)
@@ -40,6 +44,10 @@ Target = Literal["live", "twin"]
 Session = Literal["live", "training", "standalone"]
 _MODES = ("manual", "advisory", "auto")
 _DEFAULT_LOOP = "<default>"
+#: OPC UA status codes of a sample whose PLC link is down (the bridge marks them; values from the spec)
+BAD_COMMUNICATION_ERROR = 0x80050000
+BAD_NOT_CONNECTED = 0x808A0000
+LINK_DOWN_STATUSES = frozenset({BAD_COMMUNICATION_ERROR, BAD_NOT_CONNECTED})
 
 
 class LiveWriteForbidden(PermissionError):
@@ -95,6 +103,7 @@ class Guard:
         self.limits = {n: self._limits(t) for n, t in self.tags.items() if t.writable}
         self._check_names()
         self._ref: dict[str, _Ref] = {}
+        self.denied: dict[str, str] = {}  # tag -> why the PLC will not take it (held until a mode change)
         self._watchdog = 0
         self._last_t = -math.inf
 
@@ -129,6 +138,8 @@ class Guard:
         if mode != self.modes[loop]:
             for tag in [t for t in self._ref if self.loop(t) == loop]:
                 del self._ref[tag]
+            for tag in [t for t in self.denied if self.loop(t) == loop]:
+                del self.denied[tag]  # someone intervened: propose it again (once)
             log.info("loop %s: %s -> %s", loop, self.modes[loop], mode)
             self.modes[loop] = mode
 
@@ -177,6 +188,24 @@ class Guard:
                 applied = limited
         return applied, None, clamp
 
+    def _hold_reason(self, tag: str, u: float, snapshot: Snapshot, problems: Mapping[str, str | None]) -> str | None:
+        """Why ``tag`` is held this tick (rule 1 of the module docstring), or None."""
+        if tag not in self.tags:
+            return "unknown tag"
+        if not self.tags[tag].writable:
+            return f"read-only ({self.tags[tag].kind})"
+        if not math.isfinite(u):
+            return f"non-finite proposal {u}"
+        if tag in self.denied:
+            return f"denied by the PLC: {self.denied[tag]}"
+        if self.modes[self.loop(tag)] == "manual":
+            return f"loop {self.loop(tag)} in manual"
+        if (link := _link_down(snapshot, tag)) is not None:
+            return f"hold: PLC link down ({link})"
+        if problems[self.loop(tag)]:
+            return f"hold: {problems[self.loop(tag)]}"
+        return None
+
     def step(self, proposals: Mapping[str, float], snapshot: Snapshot, t: float,
              hold: Mapping[str, str] | None = None) -> GuardResult:
         """Guard this tick's proposals; ``hold`` maps tags to reasons the caller already knows."""
@@ -192,16 +221,8 @@ class Guard:
         for tag, u in proposals.items():
             if tag in held:
                 continue
-            if tag not in self.tags:
-                held[tag] = "unknown tag"
-            elif not self.tags[tag].writable:
-                held[tag] = f"read-only ({self.tags[tag].kind})"
-            elif not math.isfinite(u):
-                held[tag] = f"non-finite proposal {u}"
-            elif self.modes[self.loop(tag)] == "manual":
-                held[tag] = f"loop {self.loop(tag)} in manual"
-            elif problems[self.loop(tag)]:
-                held[tag] = f"hold: {problems[self.loop(tag)]}"
+            if (reason := self._hold_reason(tag, u, snapshot, problems)) is not None:
+                held[tag] = reason
             else:
                 applied, reason, clamp = self._guard_one(tag, float(u), snapshot, t)
                 if reason:
@@ -222,3 +243,32 @@ class Guard:
         """Tell the guard the PLC refused some writes: their rate limit restarts from the read-back."""
         for tag in tags:
             self._ref.pop(tag, None)
+
+    def deny(self, tag: str, reason: str) -> bool:
+        """The PLC answered a write of ``tag`` with BadUserAccessDenied: hold it (not proposed again)
+        until its loop's mode changes. True when newly denied."""
+        self._ref.pop(tag, None)
+        if tag in self.denied:
+            return False
+        self.denied[tag] = reason
+        return True
+
+    def restart(self, read_back: Mapping[str, Sample]) -> None:
+        """A PLC came back: the rate limit of each re-read tag restarts from its read-back value
+        (one control period of movement at most on the next tick); a BAD read-back drops the
+        reference (the tag is held until a good one)."""
+        for tag, s in read_back.items():
+            if tag not in self.limits:
+                continue
+            if s.quality == Quality.BAD or not math.isfinite(s.value):
+                self._ref.pop(tag, None)
+            else:
+                self._ref[tag] = _Ref(float(s.value), -math.inf)
+
+
+def _link_down(snapshot: Snapshot, tag: str) -> str | None:
+    """The status name when the tag's own sample says its PLC link is down, else None."""
+    s = snapshot.get(tag)
+    if s is None or s.quality != Quality.BAD or s.status not in LINK_DOWN_STATUSES:
+        return None
+    return "BadNotConnected" if s.status == BAD_NOT_CONNECTED else "BadCommunicationError"

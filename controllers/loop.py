@@ -15,9 +15,18 @@ Per tick, in this order:
    salt feeder to ``<CELL>.HEATER_SP`` / ``<CELL>.SALT_FEED_SP``): in auto it is written with the
    setpoints, in advisory it is shown, in manual held — the loop's mode decides who drives;
 4. the guard (limits, rate, stale inputs, mode, watchdog); its ``to_write`` is ``writes``;
-5. anomaly conditions (``loop_anomaly``) → the alarm manager (ISA-18.2 lifecycle);
+5. anomaly conditions (``loop_anomaly``), the PLC links and the denied writes → the alarm manager
+   (ISA-18.2 lifecycle);
 6. historian points: estimates, decisions (proposed / applied / solve time / held / cost), alarm
    transitions (``twin.points`` builders).
+
+Links and denials (live): the loop adds, for every PLC of the config (``plcs``), the external
+alarm ``PLC.<name>.COMM`` (priority 1, on the value of ``PLC.<name>.LINK``: 1 up, 0 down), active
+while ``step(..., links={name: up})`` says that PLC is down, and for every writable tag of a guard
+loop ``<TAG>.DENIED`` (priority 2), active while the guard holds the tag as denied by the PLC
+(``denied``: BadUserAccessDenied; cleared by a mode change of its loop). ``link_alarms`` steps
+only the alarms when no PLC is up (no tick runs then). ``restart(read_back)``: after a PLC's
+reconnect, the re-read values restart the rate limits of its tags (bumpless).
 
 Units: ``cell<k>`` (one per electrolysis cell), ``cascade`` and (unless ``carousel=False``)
 ``carousel``; the guard loop names in the YAML are the unit names.
@@ -40,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pilot_config.base import MOLAR_MASS_G_PER_MOL
+from pilot_config.control import ExternalAlarmConfig
 from twin.points import alarm_point, decision_points, estimate_points
 from twin.signals import Point, Sample, Snapshot, WriteResult
 
@@ -56,7 +66,7 @@ from .mpc import MpcResult
 from .mpc_cascade import CascadeMpc, CascadeMpcConfig
 from .mpc_cell import CellMpc, CellMpcConfig
 
-__all__ = ["NO_DEADLINE_S", "ControlLoop", "TickResult", "UnitController", "every_loop"]
+__all__ = ["NO_DEADLINE_S", "ControlLoop", "TickResult", "UnitController", "every_loop", "plc_units"]
 log = logging.getLogger(__name__)
 NO_DEADLINE_S = 60.0  # the MPC configs' largest deadline: "disabled" on any realistic period
 DEADLINE_FRACTION = 0.2  # default deadline of each MPC solve: this fraction of the control period
@@ -119,7 +129,8 @@ class ControlLoop:
                  timing_points: bool = True, session_label: str = "",
                  estimator: EstimatorConfig | None = None, anomaly: AnomalyConfig | None = None,
                  cell_mpc: CellMpcConfig | None = None, cascade_mpc: CascadeMpcConfig | None = None,
-                 control_period_s: float | None = None, carousel: bool = True):
+                 control_period_s: float | None = None, carousel: bool = True,
+                 plcs: Mapping[str, str] | None = None):
         guard_cfg = config.control.guard
         if control_period_s is not None:
             guard_cfg = guard_cfg.model_copy(update={"control_period_s": control_period_s})
@@ -131,7 +142,9 @@ class ControlLoop:
         self.deadline_s = NO_DEADLINE_S if mpc_deadline_s is None else float(mpc_deadline_s)
         self.timing_points = timing_points
         self.session = session_label or ("training" if session == "training" else "")
-        self.alarms = AlarmManager(config.control.alarms, config.tags)
+        self.plcs = dict(plc_units(config) if plcs is None else plcs)  # PLC name -> plant unit of its alarm
+        self.denial_ids = {tag: f"{tag}.DENIED" for tag in self.guard.loop_of}
+        self.alarms = AlarmManager(config.control.alarms, config.tags, self._extra_alarms())
         self.cell_mpc_cfg = (cell_mpc or CellMpcConfig()).model_copy(update={"deadline_s": self.deadline_s})
         self.cascade_mpc_cfg = (cascade_mpc or CascadeMpcConfig(margin_pct=CASCADE_MARGIN_PCT)).model_copy(
             update={"deadline_s": self.deadline_s})
@@ -146,10 +159,23 @@ class ControlLoop:
         for loop, mode in (modes or {}).items():
             self.guard.set_mode(loop, mode)  # type: ignore[arg-type]
         self._applied: dict[str, float] = {}
+        self._links: dict[str, bool] = {}
         self._t0: float | None = None  # time of the first tick (rebased units count from it)
         self.ticks = 0
 
     # -- construction --------------------------------------------------------------------
+    def _extra_alarms(self) -> list[ExternalAlarmConfig]:
+        """The comm-loss alarm of every PLC and the denied-write alarm of every loop tag (built
+        without validation: PLC names may hold '-', which alarm ids of the YAML do not)."""
+        units = {t.name: t.plant_unit for t in self.config.tags}
+        comm = [ExternalAlarmConfig.model_construct(
+            id=f"PLC.{n}.COMM", tag=f"PLC.{n}.LINK", priority=1, on_delay_s=0.0, off_delay_s=0.0, unit=u,
+            description=f"communication with PLC {n} lost") for n, u in self.plcs.items()]
+        denied = [ExternalAlarmConfig.model_construct(
+            id=aid, tag=tag, priority=2, on_delay_s=0.0, off_delay_s=0.0, unit=units[tag],
+            description=f"the PLC denies writes of {tag}") for tag, aid in self.denial_ids.items()]
+        return comm + denied
+
     def _build(self, config, est_cfg: EstimatorConfig | None) -> list[UnitController]:
         tags = {t.name for t in config.tags}
         units = []
@@ -180,8 +206,11 @@ class ControlLoop:
                 mpc.rates[i] = min(mpc.rates[i], rate)
 
     # -- the tick ------------------------------------------------------------------------
-    def step(self, snapshot: Snapshot, t: float) -> TickResult:
+    def step(self, snapshot: Snapshot, t: float, links: Mapping[str, bool] | None = None) -> TickResult:
+        """One tick at plant time ``t``; ``links``: PLC name -> link up (None: as ``set_links`` last
+        said; never said: the comm-loss alarms stay frozen)."""
         started = time.perf_counter()
+        links = self._links if links is None else links
         applied_prev = dict(self._applied)
         estimates: dict[str, EstimateResult] = {}
         results: dict[str, MpcResult] = {}
@@ -205,7 +234,7 @@ class ControlLoop:
         nis = {k: v for est in estimates.values() for k, v in est.nis.items()}
         innovations = {k: v for est in estimates.values() for k, v in est.innovations.items()}
         conditions = self.anomalies.step(snapshot, t, published, nis, innovations)
-        a = self.alarms.step(snapshot, t, conditions)
+        a = self.alarms.step(*self._alarm_inputs(snapshot, t, links, conditions))
         applied = {**g.advisory, **g.to_write}
         self._applied = {k: v for k, v in g.to_write.items() if k in proposals}
         points = self._points(t, estimates, results, published, applied, a.transitions)
@@ -213,6 +242,42 @@ class ControlLoop:
         return TickResult(t, dict(g.to_write), proposals, applied, dict(g.advisory), dict(g.held),
                           dict(g.clamped), published, a.transitions, a.active, conditions, dict(g.mode),
                           g.watchdog, tuple(points), estimates, results, time.perf_counter() - started)
+
+    def _alarm_inputs(self, snapshot: Snapshot, t: float, links: Mapping[str, bool] | None,
+                      conditions: Mapping[str, bool]) -> tuple[Snapshot, float, dict[str, bool]]:
+        """(snapshot with the link tags, t, conditions with the comm-loss and denied alarms)."""
+        out = dict(conditions)
+        out.update({aid: tag in self.guard.denied for tag, aid in self.denial_ids.items()})
+        links = {n: up for n, up in (links or {}).items() if n in self.plcs}
+        if not links:
+            return snapshot, t, out
+        out.update({f"PLC.{n}.COMM": not up for n, up in links.items()})
+        snap = {**snapshot, **{f"PLC.{n}.LINK": Sample(1.0 if up else 0.0, t) for n, up in links.items()}}
+        return snap, t, out
+
+    def link_alarms(self, snapshot: Snapshot, t: float, links: Mapping[str, bool]
+                    ) -> tuple[tuple[JournalEntry, ...], list[Point]]:
+        """Step only the alarm manager (no PLC is up, no tick runs): the comm-loss alarms follow
+        ``links``, every other external alarm stays frozen. Returns (transitions, alarm points)."""
+        a = self.alarms.step(*self._alarm_inputs(snapshot, t, links, {}))
+        return a.transitions, self._alarm_points(a.transitions)
+
+    def set_links(self, links: Mapping[str, bool]) -> None:
+        """The PLC links (name -> up) the next ticks' comm-loss alarms follow."""
+        self._links = dict(links)
+
+    def denied(self, tag: str, reason: str) -> bool:
+        """The PLC denied a write of ``tag`` (BadUserAccessDenied): held, not proposed again, its
+        ``<TAG>.DENIED`` alarm raised on the next tick. True when newly denied."""
+        self._applied.pop(tag, None)
+        return self.guard.deny(tag, reason)
+
+    def restart(self, read_back: Mapping[str, Sample]) -> None:
+        """A PLC came back: its re-read writable tags restart the guard's rate limits (bumpless)
+        and the estimators take them from the snapshot until the next accepted write."""
+        self.guard.restart(read_back)
+        for tag in read_back:
+            self._applied.pop(tag, None)
 
     def refused(self, result: WriteResult | Mapping[str, str]) -> None:
         """The plant refused some of the last writes: they were not applied (the estimators read
@@ -258,11 +323,25 @@ class ControlLoop:
                                    None if res.held else res.cost, s)
             if not self.timing_points:
                 pts = [p for p in pts if not p.tag.endswith(".SOLVE_MS")]
+        return pts + self._alarm_points(transitions)
+
+    def _alarm_points(self, transitions) -> list[Point]:
+        pts: list[Point] = []
         for e in transitions:
             if e.to_state in _RAISED or (e.to_state in _CLEARED and e.from_state != AlarmState.RTN_UNACK):
                 unit = self.alarms.defs[self.alarms.index[e.alarm_id]].unit
-                pts.append(alarm_point(e.alarm_id, unit, e.to_state in _RAISED, e.t, s))
+                pts.append(alarm_point(e.alarm_id, unit, e.to_state in _RAISED, e.t, self.session))
         return pts
+
+
+def plc_units(config) -> dict[str, str]:
+    """PLC name -> the plant unit its comm-loss alarm belongs to (the first unit it serves, else
+    ``plc``), for every PLC of the config (one ``plc`` on a single-endpoint config)."""
+    opcua = getattr(config, "opcua", None)
+    plcs = opcua.resolved_plcs() if opcua is not None and hasattr(opcua, "resolved_plcs") else []
+    if not plcs:
+        return {"plc": "plc"}
+    return {p.name: (list(p.units)[0] if getattr(p, "units", None) else "plc") for p in plcs}
 
 
 def every_loop(config, mode: str) -> dict[str, str]:

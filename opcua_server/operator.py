@@ -16,8 +16,11 @@ method (inputs)                      role        does
 ===================================  ==========  ==========================================
 
 Each action method answers one line (``ok ...`` or ``error: reason``); variables ``Alarms``
-(the List JSON), ``Modes`` (JSON) and one Double per published estimate (``CELL1.CE.EST``, ...),
-all read-only: no client writes them, and no client adds or deletes nodes.
+(the List JSON), ``Modes`` (JSON), ``Links`` (JSON: per PLC ``up``, ``since``, ``outages``,
+``reconnects``, ``last_error``), ``Historian`` (JSON: the recorder's counters ``run``, ``recorded``,
+``written``, ``spooled``, ``replayed``, ``dropped``, ``backlog``; ``{}`` without a recorder), one
+Double ``PLC.<name>.LINK`` per PLC (1 up, 0 down) and one Double per published estimate
+(``CELL1.CE.EST``, ...), all read-only: no client writes them, and no client adds or deletes nodes.
 
 **Who.** The server is set up by ``secure_server`` (same endpoints, users and roles as the PLC
 face); the operator is the user of the authenticated session (``current_user()``), never a
@@ -57,7 +60,7 @@ from .tagmap import Role
 
 log = logging.getLogger(__name__)
 OPERATOR_NS = "urn:pilot-line:operator"
-DEFAULT_OPERATOR_ENDPOINT = "opc.tcp://127.0.0.1:4841"
+DEFAULT_OPERATOR_ENDPOINT = "opc.tcp://127.0.0.1:4850"  # beside the shipped line's PLCs (4840-4843)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 NOT_RUNNING = "the control loop is not running"
 S, D = ua.VariantType.String, ua.VariantType.Double
@@ -128,13 +131,15 @@ class OperatorServer:
     refused while a None endpoint is served. ``audit``: where every action is journalled."""
 
     def __init__(self, loop: ControlLoop, endpoint: str, security: ServerSecurity, audit: AuditJournal, *,
-                 drain_timeout_s: float = 5.0):
+                 drain_timeout_s: float = 5.0, links: Callable[[], dict] | None = None,
+                 historian: Callable[[], dict] | None = None):
         host = urlparse(endpoint).hostname
         if host not in LOOPBACK and any(mode == "None" for _, mode in security.endpoints):
             raise SecurityError(f"the operator server serves {endpoint} off the loopback only without a None "
                              "endpoint: use --operator-security secure (or Sign / SignAndEncrypt endpoints)")
         self.loop, self.endpoint, self.security, self.audit = loop, endpoint, security, audit
         self.drain_timeout_s = drain_timeout_s
+        self.links, self.historian = links, historian  # providers of the Links / Historian JSON
         self.server = Server()
         self.t = math.nan  # plant time of the newest snapshot: actions are journalled at it
         self._vars: dict[str, object] = {}
@@ -157,6 +162,10 @@ class OperatorServer:
                                               alarms_json(self.loop), S)
         self._modes = await obj.add_variable(ua.NodeId("Operator.Modes", idx), ua.QualifiedName("Modes", idx),
                                              json.dumps(self.loop.modes), S)
+        self._links = await obj.add_variable(ua.NodeId("Operator.Links", idx), ua.QualifiedName("Links", idx),
+                                             self._json(self.links), S)
+        self._historian = await obj.add_variable(ua.NodeId("Operator.Historian", idx),
+                                                 ua.QualifiedName("Historian", idx), self._json(self.historian), S)
         await s.start()
         log.info("operator server at %s (endpoints %s)", self.endpoint,
                  ", ".join(f"{p}:{m}" for p, m in self.security.endpoints))
@@ -172,13 +181,30 @@ class OperatorServer:
 
     async def publish(self, tick: TickResult) -> None:
         for name, v in tick.published.items():
-            node = self._vars.get(name)
-            if node is None:
-                node = self._vars[name] = await self.obj.add_variable(
-                    ua.NodeId(name, self.idx), ua.QualifiedName(name, self.idx), float(v), D)
-            await node.write_value(float(v), D)
+            await self._variable(name, v)
         await self._alarms.write_value(alarms_json(self.loop), S)
         await self._modes.write_value(json.dumps(self.loop.modes), S)
+        await self.publish_status()
+
+    async def publish_status(self) -> None:
+        """Refresh ``Links``, ``Historian`` and the ``PLC.<name>.LINK`` variables (also between
+        ticks: at a link transition while no PLC is up)."""
+        links = self.links() if self.links else {}
+        await self._links.write_value(json.dumps(links, default=str), S)
+        await self._historian.write_value(self._json(self.historian), S)
+        for name, st in links.items():
+            await self._variable(f"PLC.{name}.LINK", 1.0 if st.get("up") else 0.0)
+
+    async def _variable(self, name: str, v: float) -> None:
+        node = self._vars.get(name)
+        if node is None:
+            node = self._vars[name] = await self.obj.add_variable(
+                ua.NodeId(name, self.idx), ua.QualifiedName(name, self.idx), float(v), D)
+        await node.write_value(float(v), D)
+
+    @staticmethod
+    def _json(provider: Callable[[], dict] | None) -> str:
+        return json.dumps(provider() if provider else {}, default=str)
 
     # -- the OPC UA side: check, then queue -----------------------------------------------
     def _callback(self, spec: MethodSpec) -> Callable:

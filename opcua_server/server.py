@@ -93,6 +93,7 @@ class PlcServer:
         #: speed takes effect at once (the run loop re-bases its clock on either change)
         self.frozen = False
         self.speed: float | None = None
+        self._advanced_at = time.monotonic()  # wall time of the last scan (plant_time_now)
 
     # -- life cycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -157,7 +158,16 @@ class PlcServer:
     async def advance(self, dt_s: float) -> None:
         async with self.lock:
             await asyncio.to_thread(self.plant.advance, dt_s)
+            self._advanced_at = time.monotonic()
         await self.publish()
+
+    def plant_time_now(self) -> float:
+        """The plant clock between two scans: the last scan's time plus the wall time since it at
+        the current speed, never beyond the next grid step, and always a little after the scan (a
+        value written now gets a SourceTimestamp of its own, not the last scan's)."""
+        step = float(getattr(self.plant, "dt", 1.0))
+        since = 0.0 if self.frozen else (time.monotonic() - self._advanced_at) * (self.speed or 1.0)
+        return self.plant.t + min(max(since, 1e-3), step)
 
     async def run(self, speed: float = 1.0, stop: asyncio.Event | None = None, max_chunk_steps: int = 5) -> None:
         """Advance the plant in real time × ``speed`` until ``stop`` is set (or forever)."""
@@ -249,7 +259,7 @@ class PlcServer:
         for name, reason in outcome.refused.items():
             code = ua.StatusCodes.BadOutOfRange if "range" in reason else ua.StatusCodes.BadNotWritable
             results[index[name]] = _status(code)
-        now = self._stamp(self.plant.t)
+        now = self._stamp(self.plant_time_now())
         for name in outcome.accepted:
             e = self.tagmap[name]
             await self.writer.push(e.node_id(self.ns), e.variant(values[name]), ua.StatusCodes.Good, now)

@@ -35,9 +35,57 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+PLC_HELP = ("a PLC's endpoint: NAME=URL replaces the endpoint of the config's PLC NAME (repeat it); "
+            "one URL alone: every tag on that one server. Default: PILOT_OPCUA_ENDPOINTS (NAME=URL,...), "
+            "else PILOT_OPCUA_ENDPOINT (one URL), else the config's PLCs")
+
+
+def parse_plcs(values: list[str]) -> str | dict[str, str] | None:
+    """``--plc`` values as ``run_live`` takes them: one bare URL, or NAME=URL overrides (ValueError
+    saying which form is expected otherwise)."""
+    values = [v.strip() for v in values if v.strip()]
+    if not values:
+        return None
+    named = [v for v in values if "=" in v.split("://", 1)[0]]
+    if not named:
+        if len(values) > 1:
+            raise ValueError("give one URL (every tag on that server) or NAME=URL for each PLC, not several URLs")
+        return values[0]
+    if len(named) != len(values):
+        raise ValueError("--plc: either one URL or NAME=URL for each PLC, not both")
+    out: dict[str, str] = {}
+    for v in named:
+        name, url = v.split("=", 1)
+        if name in out:
+            raise ValueError(f"--plc: PLC {name} given twice")
+        out[name.strip()] = url.strip()
+    return out
+
+
+def _plcs_or_fail(values: list[str] | None, config) -> str | dict[str, str] | None:
+    import os
+
+    from .cli_opcua import check_endpoint
+
+    if not values:
+        env = os.environ.get("PILOT_OPCUA_ENDPOINTS", "")
+        values = env.split(",") if env.strip() else [os.environ.get("PILOT_OPCUA_ENDPOINT", "")]
+    try:
+        plcs = parse_plcs(values)
+    except ValueError as exc:
+        _fail(str(exc))
+    for url in ([plcs] if isinstance(plcs, str) else list((plcs or {}).values())):
+        check_endpoint(url)
+    names = [p.name for p in config.opcua.resolved_plcs()]
+    unknown = sorted(set(plcs) - set(names)) if isinstance(plcs, dict) else []
+    if unknown:
+        _fail(f"--plc {unknown[0]}=URL: the config has no PLC {unknown[0]}; its PLCs: {', '.join(names)}")
+    return plcs
+
+
 def run_cmd(
-    plc: Annotated[str, typer.Option("--plc", envvar="PILOT_OPCUA_ENDPOINT",
-                                     help="OPC UA endpoint of the PLC (or of `pilot plc-sim`)")],
+    plc: Annotated[Optional[list[str]], typer.Option("--plc", help=PLC_HELP, show_default=False,
+                                                            metavar="URL|NAME=URL")] = None,
     config_path: Annotated[Optional[Path], typer.Argument(
         help="plant YAML file (default: $PILOT_CONFIG, else the shipped pilot_line.yaml)",
         show_default=False)] = None,
@@ -80,6 +128,9 @@ def run_cmd(
     as the PLC face); every action, refused ones too, goes into the audit journal. The PLC connection uses the most secure endpoint the PLC offers
     and checks its certificate against the PKI folder's trust list; writes need a user with the
     operator role (--user, the password from PILOT_OPCUA_PASSWORD or --password-file).
+    Several PLCs: one session each; an outage holds only the loops whose tags live there and
+    raises PLC.<name>.COMM. SIGTERM or Ctrl-C: the tick in progress ends, the historian flushes
+    (at most 10 s; the rest waits in the spool), summary.json is written, exit 0.
     """
     from asyncua import ua
 
@@ -91,10 +142,10 @@ def run_cmd(
     from .cli_common import load_or_fail
     from .cli_opcua import check_endpoint
     from .live import run_live
+    from .live_support import iso
     from .secrets import check_secrets_or_fail
 
     check_secrets_or_fail(_fail)  # example passwords and tokens, the user store's password policy
-    check_endpoint(plc)
     if operator_endpoint:
         check_endpoint(operator_endpoint)
     if mode not in ("manual", "advisory", "auto"):
@@ -106,38 +157,51 @@ def run_cmd(
                                        allow_plaintext_password)
     op_security = _operator_security_or_fail(operator_security, pki, anonymous) if operator_endpoint else None
     config = load_or_fail(config_path)
+    plcs = _plcs_or_fail(plc, config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("asyncua").setLevel(logging.WARNING)  # the bridge reports the link itself
 
     def show(tick, result) -> None:
         refused = len(result.refused) if result else 0
-        err.print(f"t={tick.t:.0f}  writes {len(tick.writes)}  advisory {len(tick.advisory)}  held {len(tick.held)}"
+        err.print(f"{iso(tick.t)}  writes {len(tick.writes)}  advisory {len(tick.advisory)}  held {len(tick.held)}"
                   f"  refused {refused}  alarms {len(tick.active_alarms)}  {tick.latency_s * 1e3:.0f} ms",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
 
     try:
-        res = asyncio.run(run_live(config, plc, mode=mode, duration_s=duration_s, out_dir=out_dir,
+        res = asyncio.run(run_live(config, plcs, mode=mode, duration_s=duration_s, out_dir=out_dir,
                                    session=session, target="live", bridge_options={"security": security},
                                    operator_endpoint=operator_endpoint or None, operator_security=op_security,
-                                   audit_path=audit, on_tick=show))
-    except (LiveWriteForbidden, AuditError) as exc:
+                                   audit_path=audit, on_tick=show, handle_signals=True))
+    except (LiveWriteForbidden, AuditError, ValueError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:  # pragma: no cover
         return
     except SecurityError as exc:
         _fail(str(exc))
     except OSError as exc:  # TimeoutError included
-        _fail(f"cannot reach {plc}: {exc or type(exc).__name__}")
+        _fail(f"cannot reach the PLC: {exc or type(exc).__name__}")
     except LinkDown as exc:
         _fail(str(exc))
     except ua.UaError as exc:  # a status the PLC answered outside the security checks
         code = getattr(exc, "code", None)
-        _fail(f"{plc} answered {ua.StatusCode(code).name if code is not None else exc}")
+        _fail(f"the PLC answered {ua.StatusCode(code).name if code is not None else exc}")
     lat = res.stats["tick_latency_ms"]
     out.print(f"{res.ticks} ticks; {res.stats['writes_accepted']} writes accepted, {len(res.refused)} refused; "
-              f"{res.stats['alarms_raised']} alarms raised; tick p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms")
+              f"{res.stats['alarms_raised']} alarms raised; tick p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms",
+              soft_wrap=True)
     for t, tag, value, reason in res.refused[:20]:
-        out.print(f"  refused t={t:.0f} {tag} = {value:g}: {reason}", highlight=False)
+        out.print(f"  refused {iso(t)} {tag} = {value:g}: {reason}", highlight=False, soft_wrap=True)
+    for t, tag, value, reason in res.denied:
+        out.print(f"  denied {iso(t)} {tag} = {value:g}: held from then on ({reason})", highlight=False, soft_wrap=True)
+    for name, st in res.plcs.items():
+        out.print(f"  PLC {name}: {'up' if st['up'] else 'DOWN'}, {st['outages']} outage(s), "
+                  f"{st['reconnects']} reconnect(s), {len(st['clock_steps'])} clock step(s)", highlight=False, soft_wrap=True)
+    h = res.historian
+    if h:
+        dropped = sum(h.get("dropped", {}).values())
+        out.print(f"  historian: {h.get('recorded', 0)} recorded, {h.get('written', 0)} written, "
+                  f"{h.get('spooled', 0)} spooled, {h.get('replayed', 0)} replayed, {dropped} dropped, "
+                  f"backlog {h.get('backlog', 0)}", highlight=False, soft_wrap=True)
     if res.summary_path:
         out.print(f"summary: {res.summary_path}")
 

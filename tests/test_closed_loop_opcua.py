@@ -15,13 +15,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from asyncua import ua
 
 from controllers.guard import LiveWriteForbidden
 from opcua_server.audit import read_journal
 from opcua_server.bridge import OpcUaBridge
-from opcua_server.client_security import ClientSecurity
+from opcua_server.client_security import ClientSecurity, connect_client
 from opcua_server.node_interop import free_port, wait_port
-from opcua_server.operator import call_operator
+from opcua_server.operator import OPERATOR_NS, call_operator
 from opcua_server.security import Pki
 from opcua_server.server_security import ServerSecurity
 from opcua_server.users import UserDirectory
@@ -84,7 +85,14 @@ async def _operator_actions(endpoint: str, console: ClientSecurity, ticks: list)
     shelved = await call_operator(endpoint, console, "Shelve", "CELL1.TEMP.HI", 600.0)
     bad = await call_operator(endpoint, console, "Acknowledge", "NO.SUCH.ALARM")
     mode = await call_operator(endpoint, console, "SetMode", "carousel", "manual")
-    return {"listed": listed, "shelved": shelved, "bad": bad, "mode": mode}
+    client = await connect_client(endpoint, console)
+    try:  # link status and the recorder's counters, as variables
+        idx = await client.get_namespace_index(OPERATOR_NS)
+        variables = {n: await client.get_node(ua.NodeId(n, idx)).read_value()
+                     for n in ("Operator.Links", "Operator.Historian", "PLC.plc.LINK")}
+    finally:
+        await client.disconnect()
+    return {"listed": listed, "shelved": shelved, "bad": bad, "mode": mode, "variables": variables}
 
 
 @pytest.mark.slow
@@ -119,6 +127,9 @@ def test_run_live_against_plc_sim_writes_and_reads_back(config, plc, tmp_path):
     assert actions["shelved"].startswith("ok")
     assert actions["bad"].startswith("error") and "NO.SUCH.ALARM" in actions["bad"]
     assert actions["mode"] == "ok" and last.modes["carousel"] == "manual"
+    variables = actions["variables"]
+    assert json.loads(variables["Operator.Links"])["plc"]["up"] is True and variables["PLC.plc.LINK"] == 1.0
+    assert json.loads(variables["Operator.Historian"])["recorded"] > 0
     journal = [(e["user"], e["action"], e["target"], e["result"].split(":")[0]) for e in
                read_journal(tmp_path / "audit.jsonl")]  # the authenticated user, in the run's folder
     assert journal == [("alice", "shelve", "CELL1.TEMP.HI", "ok"), ("alice", "acknowledge", "NO.SUCH.ALARM", "refused"),
