@@ -1,5 +1,6 @@
 // node-opcua server publishing N Float tags T0..T{N-1} (read-only, changing every tick) and M writable
-// setpoints SP0..SP{M-1}, in namespace URI, for the bridge tests and the throughput benchmark.
+// setpoints SP0..SP{M-1}, in namespace URI, for the bridge tests and the throughput benchmark (Ticks:
+// how many times the T* tags changed, so a benchmark knows what was really published).
 // usage: node tag_server.js PORT NAMESPACE_URI N M RATE_HZ [PEM_CERT PEM_KEY APP_URI TRUSTED_CLIENT_CERT PKI_DIR]
 // env LIMITS="read,write,monitor" sets the server's OperationLimits. Prints "READY" when listening.
 const opcua = require("node-opcua");
@@ -39,10 +40,13 @@ async function main() {
       accessLevel: "CurrentRead | CurrentWrite", userAccessLevel: "CurrentRead | CurrentWrite",
       value: { dataType: opcua.DataType.Float, value: 0 } });
   }
+  const ticks = ns.addVariable({ componentOf: plc, browseName: "Ticks", nodeId: "s=Ticks", dataType: "Double",
+    value: { dataType: opcua.DataType.Double, value: 0 } });  // how many times T* changed (benchmarks)
   let tick = 0;
   setInterval(() => {
     tick += 1;
     const now = new Date();
+    ticks.setValueFromSource({ dataType: opcua.DataType.Double, value: tick }, opcua.StatusCodes.Good, now);
     for (let i = 0; i < N; i++) {
       tags[i].setValueFromSource({ dataType: opcua.DataType.Float, value: (tick * 7 + i) % 1000 }, opcua.StatusCodes.Good, now);
     }
