@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from opcua_server.node_interop import ensure_node_opcua
 from opcua_server.security import Pki, create_certificate
 from pilot.historian import ci_server
+from pilot.historian.influx1 import Influx1Sink
 
 
 @pytest.fixture(scope="module")
@@ -16,6 +19,19 @@ def influx():
     yield url
     if started:
         ci_server.stop()
+
+
+@pytest.fixture()
+def influx_db(influx):
+    """A fresh database on the real InfluxDB (an ``Influx1Sink`` on it), dropped afterwards."""
+    name = f"t_{os.urandom(5).hex()}"
+    sink = Influx1Sink(url=influx, database=name)
+    sink.create_database()
+    yield sink
+    try:
+        sink.query(f'DROP DATABASE "{name}"', method="POST")
+    finally:
+        sink.close()
 
 
 @pytest.fixture(scope="module")

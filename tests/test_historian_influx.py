@@ -35,15 +35,8 @@ OUTAGE_PORT = 18096  # a private instance for the stop/start tests
 
 
 @pytest.fixture()
-def db(influx):
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    sink = Influx1Sink(url=influx, database=name)
-    sink.create_database()
-    yield sink
-    try:
-        sink.query(f'DROP DATABASE "{name}"', method="POST")
-    finally:
-        sink.close()
+def db(influx_db):
+    return influx_db
 
 
 def key(p, mult=1000):

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import uuid
 from pathlib import Path
 
 import pytest
@@ -54,15 +53,8 @@ T0 = 1.75e9
 
 
 @pytest.fixture()
-def db(influx):
-    name = f"truth_{uuid.uuid4().hex[:10]}"
-    sink = Influx1Sink(url=influx, database=name)
-    sink.create_database()
-    yield sink
-    try:
-        sink.query(f'DROP DATABASE "{name}"', method="POST")
-    finally:
-        sink.close()
+def db(influx_db):
+    return influx_db
 
 
 def outage(tag: str = "A", t_down: float = T0 + 10.5, t_up: float = T0 + 40.2) -> list[Point]:

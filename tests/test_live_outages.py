@@ -199,18 +199,6 @@ async def until(predicate, timeout_s: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.fixture()
-def influx_db(influx):
-    name = f"t_{os.urandom(5).hex()}"
-    sink = Influx1Sink(url=influx, database=name)
-    sink.create_database()
-    yield sink
-    try:
-        sink.query(f'DROP DATABASE "{name}"', method="POST")
-    finally:
-        sink.close()
-
-
 @pytest.mark.slow
 def test_one_plc_killed_and_restarted_with_its_clock_stepped_back(tmp_path, influx_db, caplog):
     caplog.set_level(logging.INFO, logger="pilot.live")

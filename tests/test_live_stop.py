@@ -44,18 +44,6 @@ def plc(tmp_path):
         proc.wait(10)
 
 
-@pytest.fixture()
-def influx_db(influx):
-    name = f"t_{os.urandom(5).hex()}"
-    sink = Influx1Sink(url=influx, database=name)
-    sink.create_database()
-    yield sink
-    try:
-        sink.query(f'DROP DATABASE "{name}"', method="POST")
-    finally:
-        sink.close()
-
-
 class PilotRun:
     """A ``pilot run`` subprocess whose stderr lines are collected by a thread."""
 
