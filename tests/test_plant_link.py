@@ -141,7 +141,8 @@ async def outage_scenario(plcs: dict[str, Plc]) -> dict:
     out: dict = {"rec": rec}
     try:
         await link.start()
-        await until(lambda: all(any(r[2].quality == Quality.GOOD for r in rec.of(n.upper())) for n in PLCS))
+        every_tag = {t.name for p in plcs.values() for t in p.tags}
+        await until(lambda: {n for _, n, s in rec.samples if s.quality == Quality.GOOD} >= every_tag)  # first values in
         out["denied"] = await link.write({"ADS.BT_LIMIT_SP": 5.0})
         victim = plcs["sx"]
         last_good = max((r for r in rec.of("SX.") if r[2].quality == Quality.GOOD), key=lambda r: r[2].source_time)
