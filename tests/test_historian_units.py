@@ -123,7 +123,9 @@ def test_recorder_never_blocks_when_database_is_down(tmp_path):
         t0 = time.perf_counter()
         rec.record_many(pts(1000, t0=1000 * k))
         worst = max(worst, time.perf_counter() - t0)
-    assert worst < 0.05, f"record_many took {worst * 1e3:.1f} ms"
+    # the server never answers (the sink's timeout is 2 s): a caller that waited on it would take
+    # >= 2 s; an overflow batch goes to the fsynced disk spool, which a loaded disk may make slow
+    assert worst < 1.0, f"record_many took {worst * 1e3:.1f} ms: it waited on the database"
     rec.flush(10)
     assert rec.stats.spooled + rec.stats.written == 60_000 and rec.stats.written == 0
     rec.close(timeout_s=5)
