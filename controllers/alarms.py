@@ -49,6 +49,7 @@ from pilot_config.tags import Tag
 from twin.signals import Quality, Snapshot
 
 from .alarms_support import (
+    LIMIT_KINDS,
     SUMMARY_STATES,
     ActiveAlarm,
     AlarmMetrics,
@@ -57,6 +58,9 @@ from .alarms_support import (
     FloodTracker,
     JournalEntry,
     Priority,
+    SavedAlarm,
+    SavedAlarms,
+    alarm_descriptions,
 )
 from .guard import LINK_DOWN_STATUSES
 
@@ -68,6 +72,8 @@ __all__ = [
     "AlarmStepResult",
     "JournalEntry",
     "Priority",
+    "SavedAlarm",
+    "SavedAlarms",
 ]
 log = logging.getLogger(__name__)
 _S = AlarmState
@@ -127,6 +133,8 @@ class AlarmManager:
             _Def(e.id, e.tag, "EXTERNAL", _EXTERNAL, 0.0, 0.0, 0.0, e.on_delay_s, e.off_delay_s,
                  Priority(e.priority), str(e.unit)) for e in extra_external]
         self._extra = {e.id for e in extra_external}
+        self.descriptions = alarm_descriptions(config, by_name, self.defs, extra_external)
+        self.eng_units = {n: t.unit for n, t in by_name.items()}
         ids = [d.alarm_id for d in self.defs]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
@@ -308,6 +316,35 @@ class AlarmManager:
         (self.out_of_service.add if out else self.out_of_service.discard)(unit)
         return entries
 
+    # -- persistence ---------------------------------------------------------------------
+    def saved_state(self) -> SavedAlarms:
+        """Every alarm's state, condition, activation time and shelving expiry, as a value."""
+        rows = tuple(SavedAlarm(d.alarm_id, self.state[i], bool(self._cond[i]), float(self._since[i]),
+                                float(self._shelved_until[i])) for i, d in enumerate(self.defs))
+        return SavedAlarms(rows, tuple(sorted(self.out_of_service)))
+
+    def restore(self, saved: SavedAlarms) -> list[str]:
+        """Take the alarms back as ``saved`` left them (no transition is journalled); alarms the
+        config no longer has are skipped. Returns the skipped ids."""
+        skipped = []
+        for a in saved.alarms:
+            i = self.index.get(a.alarm_id)
+            if i is None:
+                skipped.append(a.alarm_id)
+                continue
+            self.state[i], self._cond[i] = AlarmState(a.state), a.condition
+            self._since[i], self._shelved_until[i], self._pending[i] = a.since, a.shelved_until, np.nan
+        units = {d.unit for d in self.defs}
+        self.out_of_service = {u for u in saved.out_of_service if u in units}
+        if skipped:
+            log.warning("restored alarm state names alarms the config no longer has: %s", ", ".join(skipped))
+        return skipped
+
+    def shelved_until(self, alarm_id: str) -> float | None:
+        """Plant time the shelving of ``alarm_id`` expires at (None when not shelved)."""
+        i = self._i(alarm_id)
+        return float(self._shelved_until[i]) if self.state[i] == _S.SHELVED else None
+
     # -- views ---------------------------------------------------------------------------
     def active(self) -> tuple[ActiveAlarm, ...]:
         """The alarm summary: annunciated alarms, highest priority first, then newest."""
@@ -315,6 +352,25 @@ class AlarmManager:
                             float(self._values[self._tag_idx[i]]), float(self._since[i]), d.unit, self.position[i])
                 for i, d in enumerate(self.defs) if self.state[i] in SUMMARY_STATES]
         return tuple(sorted(rows, key=lambda a: (a.priority, -a.since)))
+
+    def listing(self) -> list[dict]:
+        """The summary (as ``active``) then the shelved alarms, as plain values with description,
+        limit, engineering unit and shelving expiry (plant s; None when not shelved)."""
+        def num(x: float) -> float | None:
+            return float(x) if math.isfinite(x) else None
+
+        rows = []
+        for i, d in enumerate(self.defs):
+            if self.state[i] not in SUMMARY_STATES and self.state[i] != _S.SHELVED:
+                continue
+            rows.append({"id": d.alarm_id, "state": self.state[i].value, "priority": int(d.priority),
+                         "priority_name": d.priority.name.lower(), "tag": d.tag,
+                         "description": self.descriptions[d.alarm_id],
+                         "limit": d.limit if d.kind in LIMIT_KINDS else None, "eng_unit": self.eng_units.get(d.tag, ""),
+                         "value": num(self._values[self._tag_idx[i]]), "since": num(self._since[i]),
+                         "shelved_until": num(self._shelved_until[i]) if self.state[i] == _S.SHELVED else None,
+                         "unit": d.unit, "position": self.position[i]})
+        return sorted(rows, key=lambda r: (r["state"] == _S.SHELVED.value, r["priority"], -(r["since"] or 0.0)))
 
     def metrics(self, t: float) -> AlarmMetrics:
         st = self.state

@@ -57,6 +57,45 @@ class JournalEntry:
     note: str = ""
 
 
+_KIND_WORDS = {"HH": "high-high", "HI": "high", "LO": "low", "LL": "low-low", "BADPV": "bad measurement",
+               "DISCRETE": "on"}
+LIMIT_KINDS = frozenset({"HH", "HI", "LO", "LL"})
+
+
+def alarm_descriptions(cfg, tags: Mapping, defs, extra=()) -> dict[str, str]:
+    """Alarm id -> the operator's description: the config's, else the tag's description (or
+    name) and what the alarm means (``high-high``, ``bad measurement``, ...)."""
+    given = {f"{a.tag}.{k}": a.description for a in cfg.limit for k in LIMIT_KINDS}
+    given.update({f"{d.tag}.{d.name}": d.description for d in cfg.discrete})
+    given.update({e.id: e.description for e in [*cfg.external, *extra]})
+    out = {}
+    for d in defs:
+        tag = tags.get(d.tag)
+        what = tag.description if tag is not None and tag.description else d.tag
+        out[d.alarm_id] = given.get(d.alarm_id) or f"{what} {_KIND_WORDS.get(d.kind, 'alarm')}"
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class SavedAlarm:
+    """What survives a restart of one alarm: its state, debounced condition, time of its last
+    activation and shelving expiry (plant s; NaN when none)."""
+
+    alarm_id: str
+    state: AlarmState
+    condition: bool
+    since: float
+    shelved_until: float
+
+
+@dataclass(frozen=True)
+class SavedAlarms:
+    """The state of every alarm of a manager (``AlarmManager.saved_state`` / ``restore``)."""
+
+    alarms: tuple[SavedAlarm, ...]
+    out_of_service: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class ActiveAlarm:
     alarm_id: str

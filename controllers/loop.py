@@ -50,7 +50,12 @@ from typing import Any, Literal
 
 from pilot_config.base import MOLAR_MASS_G_PER_MOL
 from pilot_config.control import ExternalAlarmConfig
-from twin.points import alarm_point, decision_points, estimate_points
+from twin.points import (
+    alarm_point,
+    alarm_state_points,
+    decision_points,
+    estimate_points,
+)
 from twin.signals import Point, Sample, Snapshot, WriteResult
 
 from . import estimation_carousel as ec
@@ -145,6 +150,7 @@ class ControlLoop:
         self.plcs = dict(plc_units(config) if plcs is None else plcs)  # PLC name -> plant unit of its alarm
         self.denial_ids = {tag: f"{tag}.DENIED" for tag in self.guard.loop_of}
         self.alarms = AlarmManager(config.control.alarms, config.tags, self._extra_alarms())
+        self._state_recorded: set[str] = set()  # alarms with a .STATE point in this run
         self.cell_mpc_cfg = (cell_mpc or CellMpcConfig()).model_copy(update={"deadline_s": self.deadline_s})
         self.cascade_mpc_cfg = (cascade_mpc or CascadeMpcConfig(margin_pct=CASCADE_MARGIN_PCT)).model_copy(
             update={"deadline_s": self.deadline_s})
@@ -331,6 +337,13 @@ class ControlLoop:
             if e.to_state in _RAISED or (e.to_state in _CLEARED and e.from_state != AlarmState.RTN_UNACK):
                 unit = self.alarms.defs[self.alarms.index[e.alarm_id]].unit
                 pts.append(alarm_point(e.alarm_id, unit, e.to_state in _RAISED, e.t, self.session))
+        for e in transitions:
+            unit = self.alarms.defs[self.alarms.index[e.alarm_id]].unit
+            until = self.alarms.shelved_until(e.alarm_id) if e.to_state == AlarmState.SHELVED else None
+            first = e.alarm_id not in self._state_recorded
+            self._state_recorded.add(e.alarm_id)
+            pts += alarm_state_points(e.alarm_id, unit, e.to_state, e.priority, e.t, e.operator, until, first,
+                                      self.session)
         return pts
 
 

@@ -110,9 +110,8 @@ def check_arguments(spec: MethodSpec, variants: tuple[ua.Variant, ...]) -> tuple
 
 
 def alarms_json(loop: ControlLoop) -> str:
-    return json.dumps([{"id": a.alarm_id, "state": a.state.value, "priority": int(a.priority), "tag": a.tag,
-                        "value": a.value if math.isfinite(a.value) else None, "since": a.since,
-                        "position": a.position} for a in loop.alarms.active()])
+    """The alarm summary then the shelved alarms (``AlarmManager.listing``), as JSON."""
+    return json.dumps(loop.alarms.listing())
 
 
 @dataclass

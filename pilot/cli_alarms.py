@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -89,21 +90,57 @@ def connection(
     ctx.obj = _Console(endpoint, (security_policy, security_mode, pki, user, password_file, allow_plaintext_password))
 
 
+def iso_local(t: float | None) -> str:
+    """Plant time (Unix s) as ISO 8601 local time to the second; ``-`` when there is none."""
+    if t is None:
+        return "-"
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
+def listing_json(alarms: list[dict]) -> dict:
+    """``pilot alarms list --json``: the summary and the shelved alarms, plant times also as ISO local time."""
+    rows = [{**a, "since_iso": iso_local(a.get("since")), "shelved_until_iso": iso_local(a.get("shelved_until"))
+             if a.get("shelved_until") is not None else None} for a in alarms]
+    return {"alarms": [a for a in rows if a["state"] != "shelved"], "shelved": [a for a in rows if a["state"] == "shelved"]}
+
+
+def _num(x: float | None, unit: str = "") -> str:
+    return "bad" if x is None else f"{x:.4g} {unit}".rstrip()
+
+
+def listing_tables(listing: dict) -> list[Table]:
+    """The summary table and, when any, the shelved table (ids never truncated)."""
+    summary = Table(title=f"{len(listing['alarms'])} alarms")
+    for col, opts in (("id", {"no_wrap": True}), ("priority", {}), ("state", {}), ("description", {}),
+                      ("value / limit", {}), ("since", {"no_wrap": True})):
+        summary.add_column(col, **opts)
+    for a in listing["alarms"]:
+        limit = "" if a.get("limit") is None else f" / {_num(a['limit'], a.get('eng_unit', ''))}"
+        summary.add_row(a["id"], f"{a['priority']} {a['priority_name']}", a["state"], a["description"],
+                        _num(a["value"], a.get("eng_unit", "")) + limit, a["since_iso"])
+    tables = [summary]
+    if listing["shelved"]:
+        shelved = Table(title=f"{len(listing['shelved'])} shelved")
+        for col, opts in (("id", {"no_wrap": True}), ("priority", {}), ("description", {}),
+                          ("until", {"no_wrap": True})):
+            shelved.add_column(col, **opts)
+        for a in listing["shelved"]:
+            shelved.add_row(a["id"], f"{a['priority']} {a['priority_name']}", a["description"], a["shelved_until_iso"])
+        tables.append(shelved)
+    return tables
+
+
 @alarms_app.command("list")
 def alarms_list(ctx: typer.Context,
                 as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
-    """The alarm summary: unacknowledged and acknowledged active alarms, returned-to-normal unacknowledged."""
-    alarms = json.loads(ctx.obj.call("List"))
+    """The alarm summary (unacknowledged and acknowledged active, returned-to-normal unacknowledged)
+    and the shelved alarms with their expiry; times are plant time in ISO local time."""
+    listing = listing_json(json.loads(ctx.obj.call("List")))
     if as_json:
-        out.print_json(data=alarms)
+        out.print_json(data=listing)
         return
-    table = Table(title=f"{len(alarms)} alarms")
-    for col in ("id", "state", "priority", "value", "since", "position"):
-        table.add_column(col)
-    for a in alarms:
-        table.add_row(a["id"], a["state"], str(a["priority"]), f"{a['value']:.4g}" if a["value"] is not None else "bad",
-                      f"{a['since']:.0f}", a["position"])
-    out.print(table)
+    for table in listing_tables(listing):
+        out.print(table)
 
 
 @alarms_app.command("ack")

@@ -118,6 +118,10 @@ def run_cmd(
         "--audit", envvar="PILOT_AUDIT_JOURNAL", rich_help_panel=_OPERATOR_PANEL, show_default=False,
         help="journal of operator actions (JSON lines, 0600); default: OUT/audit.jsonl, else ./audit.jsonl")]
         = None,
+    alarm_state: Annotated[Optional[Path], typer.Option(
+        "--alarm-state", envvar="PILOT_ALARM_STATE", show_default=False,
+        help="alarm states and journal kept across restarts (SQLite, 0600); default: OUT/alarms.sqlite, else none")]
+        = None,
 ) -> None:
     """Run estimators, MPC, guard and alarms live against PLCs over OPC UA.
 
@@ -171,7 +175,8 @@ def run_cmd(
         res = asyncio.run(run_live(config, plcs, mode=mode, duration_s=duration_s, out_dir=out_dir,
                                    session=session, target="live", bridge_options={"security": security},
                                    operator_endpoint=operator_endpoint or None, operator_security=op_security,
-                                   audit_path=audit, on_tick=show, handle_signals=True))
+                                   audit_path=audit, alarm_state=alarm_state, on_tick=show,
+                                   handle_signals=True))
     except (LiveWriteForbidden, AuditError, ValueError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:  # pragma: no cover

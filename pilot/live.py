@@ -150,24 +150,28 @@ async def run_live(config, plcs: str | Mapping[str, str] | None = None, *, mode:
                    on_tick: Callable[[TickResult, WriteResult | None], None] | None = None,
                    bridge_options: dict | None = None, operator_security=None, audit_path: Path | None = None,
                    handle_signals: bool = False, flush_timeout_s: float = FLUSH_TIMEOUT_S,
-                   status_every_s: float = 60.0, **loop_options) -> LiveResult:
+                   status_every_s: float = 60.0, alarm_state: Path | None = None, **loop_options) -> LiveResult:
     """Run the loop against the line's PLCs for ``duration_s`` of plant time (None: until ``stop``
     is set). ``recorder``: a started ``Recorder`` (None: from the environment, the embedded store
     in ``out_dir``; closed at the end). ``bridge_options``: for every PLC's session (``security``:
     the ``ClientSecurity``). ``operator_security``: a ``ServerSecurity`` for the operator server
-    (None: ``secure`` with the users and PKI of the environment)."""
+    (None: ``secure`` with the users and PKI of the environment). ``alarm_state``: the alarm state
+    store, restored at start and saved at each transition (None: $PILOT_ALARM_STATE, else
+    ``out_dir/alarms.sqlite``, else none)."""
     from opcua_server.client_security import ClientSecurity
     from opcua_server.plant_link import PlantLink
 
     links_of = plant_plcs(config, plcs)
     loop = ControlLoop(config, target=target, session=session, modes=every_loop(config, mode),
                        plcs={p.name: _alarm_unit(p, tags) for p, tags in links_of}, **loop_options)
+    alarm_store = _alarm_store(loop, alarm_state, out_dir)  # before anything starts: a bad file stops here
     options = dict(bridge_options or {})
     security = options.pop("security", None) or ClientSecurity()
     recorder, own_recorder, annotations = _recorders(recorder, out_dir)
     stop, stopped_by = stop or asyncio.Event(), []
     runner = LiveRunner(loop, links_of, recorder, annotations, {t.name: t.plant_unit for t in config.tags},
                         on_tick=on_tick, status_every_s=status_every_s)
+    runner.alarm_store = alarm_store
     link = runner.link = PlantLink(links_of, security, listener=runner.on_sample, on_link=runner.on_link, **options)
     operator = audit = None
     undo = _install_signals(stop, stopped_by) if handle_signals else (lambda: None)
@@ -181,6 +185,9 @@ async def run_live(config, plcs: str | Mapping[str, str] | None = None, *, mode:
         stopped_by.append(await runner.run(stop, poll_s, duration_s) or "")
     finally:
         undo()
+        if runner.alarm_store is not None:
+            runner.save_alarms()
+            runner.alarm_store.close()
         runner.final_links = link.links()  # as they were at the end, not after closing
         await _close(operator, audit, link)
         if own_recorder:
@@ -193,6 +200,20 @@ async def run_live(config, plcs: str | Mapping[str, str] | None = None, *, mode:
         path = write_private_text(private_dir(out_dir) / "summary.json", json.dumps(summary, indent=2, default=str))
     return LiveResult(runner.stats.ticks, summary["control"], runner.refused_log, runner.last, out_dir, path,
                       summary["bridge"], runner.denied_log, summary["plcs"], summary["historian"], summary)
+
+
+def _alarm_store(loop: ControlLoop, path: Path | None, out_dir: Path | None):
+    """The alarm state store (restored into the loop's alarms), or None when there is no place for it."""
+    import os
+
+    from .alarm_store import ALARM_STATE_ENV, ALARM_STATE_FILE, AlarmStore, restore_into
+
+    path = path or (Path(os.environ[ALARM_STATE_ENV]) if os.environ.get(ALARM_STATE_ENV) else None)
+    if path is None and out_dir is None:
+        return None
+    store = AlarmStore(path or private_dir(out_dir) / ALARM_STATE_FILE)
+    restore_into(loop.alarms, store)
+    return store
 
 
 def _alarm_unit(plc, tags) -> str:

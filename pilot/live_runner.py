@@ -40,6 +40,7 @@ class LiveRunner:
         self.on_tick, self.status_every_s = on_tick, status_every_s
         self.link = None  # the PlantLink, set by the caller before ``run``
         self.operator = None
+        self.alarm_store = None  # an AlarmStore: the alarm state saved at each transition
         self.final_links: dict = {}  # the links' status when the run ended (for the summary)
         self.plc_of = {t.name: p.name for p, tags in links_of for t in tags}
         self.writable = {p.name: [t.name for t in tags if t.writable and t.name in loop.guard.limits]
@@ -95,8 +96,8 @@ class LiveRunner:
                 pass
             if stop.is_set():
                 return None
-            if self.operator:  # operator actions: here, between ticks, on this thread
-                self.operator.drain(self.clock.t)
+            if self.operator and self.operator.drain(self.clock.t):  # operator actions: between ticks
+                self.save_alarms()
             if await self.iteration(duration_s):
                 return "duration"
         return None
@@ -148,6 +149,8 @@ class LiveRunner:
             return
         links = {n: st.up for n, st in self.link.links().items()}
         transitions, points = self.loop.link_alarms(await self.link.read(), t, links)
+        if transitions:
+            self.save_alarms(transitions)
         self._record(points)
         if self.annotations is not None:
             self.annotations.record_many(points)
@@ -176,6 +179,8 @@ class LiveRunner:
         self.loop.set_links({n: st.up for n, st in self.link.links().items()})
         last, result = self.loop.step(snap, t), None
         self.last = last
+        if last.alarms:
+            self.save_alarms(last.alarms)
         points = list(last.points)
         if last.writes:
             result = await self.link.write(last.writes)
@@ -205,6 +210,11 @@ class LiveRunner:
         return refused_points(t, dict(last.writes), result, self.units, self.loop.session)
 
     # -- historian and console -----------------------------------------------------------
+    def save_alarms(self, entries=()) -> None:
+        """Save every alarm's state (and the journal ``entries``) in the alarm state store, if any."""
+        if self.alarm_store is not None:
+            self.alarm_store.save(self.loop.alarms.saved_state(), entries)
+
     def _record(self, points: list[Point], commit: bool = True) -> None:
         """Hand points to the recorder; ``commit``: the open batch leaves now (a tick's points, link
         transitions: a kill -9 then loses at most the tick in flight), else it leaves with the

@@ -92,7 +92,8 @@ def test_comm_loss_and_denied_alarms_of_the_loop(line):
     entries, points = loop.link_alarms(bad, 100.0, {"adsorption": True, "sx-1": False})
     assert [(e.alarm_id, e.to_state.value, e.value) for e in entries] == [
         ("PLC.sx-1.COMM", "unacknowledged-active", 0.0)]  # no BADPV flood: the comm alarm stands for them
-    assert [(p.measurement, p.tag, p.value) for p in points] == [("alarm", "PLC.sx-1.COMM", 1.0)]
+    assert [(p.measurement, p.tag, p.value) for p in points] == [
+        ("alarm", "PLC.sx-1.COMM", 1.0), ("alarm", "PLC.sx-1.COMM.STATE", 1.0), ("alarm", "PLC.sx-1.COMM.PRIORITY", 1.0)]
     loop.denied("ADS.BT_LIMIT_SP", "refused by the PLC: BadUserAccessDenied")
     entries, _ = loop.link_alarms(bad, 110.0, {"adsorption": True, "sx-1": True})
     assert {(e.alarm_id, e.to_state.value) for e in entries} == {

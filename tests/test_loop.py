@@ -122,7 +122,8 @@ def test_alarm_raised_recorded_and_acknowledged(config, snapshots):
     r2 = loop.step({**snap2, "CELL1.TEMP": Sample(620.0, t2, Quality.GOOD)}, t2)
     assert [(e.alarm_id, e.to_state.value, e.operator) for e in r2.alarms] == [
         ("CELL1.TEMP.HI", "acknowledged-active", "alice")]
-    assert not any(p.measurement == "alarm" for p in r2.points)  # an ack is journalled, not a raise/clear
+    assert [(p.tag, p.value) for p in r2.points if p.measurement == "alarm"] == [
+        ("CELL1.TEMP.HI.STATE", 2.0)]  # an ack is a state point, not a raise/clear
 
 
 def test_cell_remote_mode_follows_written_setpoints_and_default_is_unchanged(config):

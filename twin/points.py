@@ -11,11 +11,15 @@ the source timestamp (seconds -> integer at the configured precision).
 | ``estimate`` | ``<TAG>.EST`` estimate of a measured tag, ``<TAG>.INNOV`` innovation (measured - predicted), ``<TAG>.NIS`` normalised innovation squared, ``<state>.EST`` derived quantities | eng. units / 1 |
 | ``decision`` | ``<SP_TAG>.PROPOSED`` (MPC), ``<SP_TAG>.APPLIED`` (after the guard), ``MPC.<unit>.SOLVE_MS``, ``MPC.<unit>.HELD`` (1: held this tick), ``MPC.<unit>.COST`` | eng. units, ms, 1 |
 | ``alarm``    | alarm name, e.g. ``CELL1.TEMP.HI`` | 1 raised, 0 cleared (one point per transition) |
+| ``alarm``    | ``<ALARM>.STATE`` on every transition (raise, clear, ack, shelve, unshelve, out of service, expiry) | state code (``ALARM_STATE_CODES``); ``text`` JSON {state, priority, by, until} |
+| ``alarm``    | ``<ALARM>.PRIORITY`` with the first ``.STATE`` point of an alarm in a run | 1 highest .. 4 |
 | ``kpi``      | KPI name, e.g. ``KPI.TB_RECOVERY`` | as named (%, kg/h, kWh/kg) |
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
 
 from .signals import MEASUREMENTS, Point
@@ -89,6 +93,25 @@ def alarm_point(name: str, unit: str, active: bool, t: float, session: str = "")
     return Point("alarm", name, unit, 1.0 if active else 0.0, t, "good", session)
 
 
+ALARM_STATE_CODES = {"normal": 0, "unacknowledged-active": 1, "acknowledged-active": 2,
+                     "returned-to-normal-unacknowledged": 3, "shelved": 4, "suppressed": 5}
+
+
+def alarm_state_points(alarm_id: str, unit: str, state: str, priority: int, t: float, by: str | None = None,
+                       until: float | None = None, first: bool = False, session: str = "") -> list[Point]:
+    """One alarm state transition: ``<ALARM>.STATE`` (code, JSON text) and, when ``first``,
+    ``<ALARM>.PRIORITY``. ``state``: a name of ``ALARM_STATE_CODES``; ``until``: shelving expiry."""
+    name = str(getattr(state, "value", state))
+    if name not in ALARM_STATE_CODES:
+        raise ValueError(f"alarm state {name!r} of {alarm_id}: allowed {sorted(ALARM_STATE_CODES)}")
+    until = float(until) if until is not None and math.isfinite(until) else None
+    text = json.dumps({"state": name, "priority": int(priority), "by": by or "", "until": until})
+    pts = [Point("alarm", f"{alarm_id}.STATE", unit, float(ALARM_STATE_CODES[name]), t, "good", session, text)]
+    if first:
+        pts.append(Point("alarm", f"{alarm_id}.PRIORITY", unit, float(int(priority)), t, "good", session))
+    return pts
+
+
 def kpi_points(t: float, kpis: Mapping[str, float], unit: str = "line", session: str = "") -> list[Point]:
     """KPIs as ``KPI.<NAME>`` (upper-cased) points."""
     out = []
@@ -99,10 +122,12 @@ def kpi_points(t: float, kpis: Mapping[str, float], unit: str = "line", session:
 
 
 __all__ = [
+    "ALARM_STATE_CODES",
     "FIELD",
     "MEASUREMENTS",
     "FreshSamples",
     "alarm_point",
+    "alarm_state_points",
     "decision_points",
     "estimate_points",
     "kpi_points",
