@@ -10,6 +10,7 @@ recorder's counters of a running ``pilot run``, read from its operator server (v
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -190,22 +191,52 @@ def replay_cmd(timeout_s: Annotated[float, typer.Option("--timeout", help="give 
 @historian_app.command("feed")
 def feed_cmd(hours: Annotated[float, typer.Option(help="plant hours to simulate", min=0.01, max=720)] = 6.0,
              run_dir: Annotated[Path, typer.Option("--dir", help="embedded store folder (no InfluxDB)")] = Path("runs/feed"),
+             malfunction: Annotated[str | None, typer.Option(
+                 "--malfunction", help="scripted fault KIND, KIND:SEVERITY:ONSET or KIND@TARGET:SEVERITY:ONSET, "
+                                       "e.g. heater_failure@cell1:0.8:10min; kinds: `pilot train list`")] = None,
+             seed: Annotated[int, typer.Option(help="twin noise seed")] = 0,
              config: ConfigOpt = None) -> None:
-    """Write a simulated run (all five measurements, ending now) to the configured historian: a
-    quick way to fill the Grafana dashboards."""
-    from pilot.historian.feed import simulated_run
+    """Record a closed-loop run of the twin (ending now) to the configured historian: a quick way to fill the Grafana dashboards.
+
+    The twin runs with every loop in auto through the same control loop as `pilot simulate --control auto`. Recorded: `process` (the twin's tags), `estimate` and `decision` (the estimators and MPCs of that loop), `alarm` (the transitions of the config's alarms in that run: none in a normal run), `kpi` (the twin's KPIs). Nothing is invented: --malfunction injects one fault (twin.malfunctions) at ONSET (default 10min) so the loop and its alarms have something to do."""
+    from pilot.historian.feed import parse_malfunction, simulated_run
     from pilot.historian.settings import make_recorder
 
     logging.basicConfig(level=logging.WARNING)
-    s = _settings()
+    fault = None
+    if malfunction is not None:
+        try:
+            fault = parse_malfunction(malfunction)
+        except ValueError as exc:
+            _fail(str(exc))
+    cfg, s = _config(config), _settings()
     rec = make_recorder(s, run_dir).start()
-    n = 0
-    for points in simulated_run(_config(config), hours * 3600, epoch_s=time.time() - hours * 3600):
-        rec.record_many(points)
-        n += len(points)
+    n = _feed(rec, simulated_run, cfg, hours * 3600, seed, fault)
     ok = rec.drain(120)
     rec.close()
     where = redact_url(s.influx_url) if s.influx_url else str(run_dir)
     out.print(f"{n} points recorded to {where}: {counters_line(rec.counters())}", highlight=False)
     if not ok:
         raise typer.Exit(1)
+
+
+def _feed(rec, run, cfg, duration_s: float, seed: int, fault) -> int:
+    """Record ``run``'s points with a progress bar on stderr; the number of points."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    n = 0
+    with Progress(TextColumn("feed"), BarColumn(), TextColumn("{task.fields[plant]}"), TimeRemainingColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("feed", total=duration_s, plant="0.0 h")
+        progress = lambda t, total: bar.update(task, completed=t, plant=f"{t / 3600:.1f} h")  # noqa: E731
+        steps = run(cfg, duration_s, epoch_s=time.time() - duration_s, seed=seed, malfunction=fault,
+                    progress=progress)
+        try:
+            first = next(steps)  # the malfunction's target is checked here
+        except ValueError as exc:
+            rec.close()
+            _fail(f"--malfunction: {exc}")
+        for points in itertools.chain([first], steps):
+            rec.record_many(points)
+            n += len(points)
+    return n

@@ -21,7 +21,7 @@ import pytest
 
 from pilot.historian import ci_server
 from pilot.historian.base import Point, SinkError
-from pilot.historian.feed import simulated_run
+from pilot.historian.feed import parse_malfunction, simulated_run
 from pilot.historian.influx1 import Influx1Sink, PointsRejected
 from pilot.historian.influx2 import Influx2Sink
 from pilot.historian.recorder import Recorder
@@ -56,7 +56,8 @@ def read_back(sink: Influx1Sink, measurements=("process", "estimate", "decision"
 def test_simulated_run_written_and_read_back_point_for_point(db):
     written = []
     rec = Recorder(Influx1Sink(url=db.settings.url, database=db.settings.database), batch_size=2000).start()
-    for points in simulated_run(load_config(), 4 * 3600, epoch_s=1.7e9):
+    for points in simulated_run(load_config(), 2 * 3600, epoch_s=1.7e9,
+                                malfunction=parse_malfunction("heater_failure")):  # alarms too
         rec.record_many(points)
         written += points
     assert rec.drain(30)
