@@ -1,12 +1,13 @@
 """Grafana dashboard JSON as plain dicts: a handful of panel builders and a grid packer.
 
-Plain dicts (no dashboard library, see docs/historian.md "Grafana as code"): the JSON model is
-the contract Grafana reads, the builders below are the only place that knows its shape, and
-``tests/test_dashboards.py`` validates every generated file (ids, grid, datasources, queries
-against the real InfluxDB).
+Plain dicts (see docs/historian.md "Grafana as code"): the JSON model is the contract Grafana
+reads, the builders below are the only place that knows its shape, and ``tests/test_dashboards.py``
+validates every generated file (a round trip through grafana-foundation-sdk's typed 11.6 models
+that drops nothing, ids, grid, datasources, units, queries against the real InfluxDB).
 
 Colours follow ISA-101 (high-performance HMI): the plant is grey, colour means abnormal:
-``GREY`` for normal values, ``AMBER`` for the outer 5 % of an instrument range, ``RED`` outside it.
+grey for normal values, the priority colour of the crossed alarm limit beyond it (``limits``),
+trends in muted shades of one hue.
 """
 
 from __future__ import annotations
@@ -18,11 +19,59 @@ DATASOURCE = {"type": "influxdb", "uid": "pilot-influxdb"}
 GREY, DARK_GREY, AMBER, RED, BLUE = "#8c8c8c", "#5a5a5a", "#e0a800", "#d8262e", "#3274d9"
 SCHEMA_VERSION = 39
 GRID_WIDTH = 24
+TREND_COLOR = {"mode": "shades", "fixedColor": "#6e8fa8"}  # ISA-101: muted trends
+SESSION = '"session" =~ /${session:raw}/'  # the session variable: plant (no session) or training
+
+
+def with_session(query: str) -> str:
+    """The query restricted to the ``session`` variable's points (before each ``$timeFilter``),
+    unless it already is."""
+    return query if SESSION in query else query.replace(" AND $timeFilter", f" AND {SESSION} AND $timeFilter")
+
+
+def filter_on_unit(panels: Sequence[dict], variable: str) -> list[dict]:
+    """Restrict every target to the plant units (historian tag ``unit``) picked in ``variable``."""
+    cond = f'"unit" =~ /^${{{variable}:regex}}$/ AND $timeFilter'
+    for p in panels:
+        for t in p.get("targets", []):
+            t["query"] = t["query"].replace("$timeFilter", cond)
+    return list(panels)
+
+
+def session_variable() -> dict:
+    """``session``: the plant's own points (no session tag) or those of training sessions."""
+    options = [{"text": "plant", "value": "^$", "selected": True}, {"text": "training", "value": ".+",
+                                                                    "selected": False}]
+    return {"type": "custom", "name": "session", "label": "session", "query": "^$,.+",
+            "current": {"text": "plant", "value": "^$"}, "options": options, "hide": 0,
+            "multi": False, "includeAll": False}
+
+
+def custom_variable(name: str, values: Sequence[str]) -> dict:
+    """A multi-value variable over fixed values (units, cells), "All" by default."""
+    return {"type": "custom", "name": name, "label": name, "query": ",".join(values),
+            "current": {"text": ["All"], "value": ["$__all"]}, "hide": 0, "multi": True,
+            "includeAll": True, "options": [{"text": v, "value": v, "selected": False} for v in values]}
+
+
+def link(title: str, uid: str) -> dict:
+    """A dashboard link to ``/d/<uid>`` keeping the time range and the variables."""
+    return {"type": "link", "title": title, "url": f"/d/{uid}", "targetBlank": False,
+            "keepTime": True, "includeVars": True, "asDropdown": False, "icon": "dashboard", "tags": []}
+
+
+def threshold_lines(panel: dict, steps: Sequence[tuple[float | None, str]], style: str = "line") -> dict:
+    """Absolute thresholds drawn on a time series (spec and limit lines)."""
+    defaults = panel["fieldConfig"]["defaults"]
+    defaults["thresholds"] = {"mode": "absolute", "steps": [{"color": c, "value": v} for v, c in steps]}
+    defaults["custom"]["thresholdsStyle"] = {"mode": style}
+    return panel
 
 
 def influxql(query: str, ref: str, alias: str = "$tag_tag", fmt: str = "time_series") -> dict:
-    """A raw InfluxQL target (Grafana's InfluxDB data source, query language InfluxQL)."""
-    return {"refId": ref, "datasource": dict(DATASOURCE), "query": query, "rawQuery": True,
+    """A raw InfluxQL target (Grafana's InfluxDB data source, query language InfluxQL), filtered on
+    the ``session`` variable (see ``with_session``)."""
+    return {"refId": ref, "datasource": dict(DATASOURCE), "query": with_session(query), "rawQuery": True,
             "resultFormat": fmt, "alias": alias}
 
 
@@ -76,20 +125,12 @@ def _panel(kind: str, title: str, targets: Sequence[dict], w: int, h: int, unit:
 def timeseries(title: str, targets: Sequence[dict], unit: str = "", w: int = 12, h: int = 8,
                description: str = "", step: bool = False) -> dict:
     p = _panel("timeseries", title, targets, w, h, unit, description)
+    p["fieldConfig"]["defaults"]["color"] = dict(TREND_COLOR)
     p["fieldConfig"]["defaults"]["custom"] = {"lineWidth": 1, "showPoints": "never", "spanNulls": False,
                                               "lineInterpolation": "stepAfter" if step else "linear"}
     p["options"] = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
                     "tooltip": {"mode": "multi", "sort": "none"}}
     return p
-
-
-def range_thresholds(low: float, high: float) -> dict:
-    """ISA-101: grey inside the range, amber in its outer 5 %, red outside."""
-    margin = 0.05 * (high - low)
-    return {"mode": "absolute", "steps": [
-        {"color": RED, "value": None}, {"color": AMBER, "value": low},
-        {"color": DARK_GREY, "value": low + margin}, {"color": AMBER, "value": high - margin},
-        {"color": RED, "value": high}]}
 
 
 def stat(title: str, targets: Sequence[dict], unit: str = "", w: int = 6, h: int = 5,
@@ -160,12 +201,13 @@ def layout(panels: Sequence[dict]) -> list[dict]:
 
 
 def dashboard(uid: str, title: str, panels: Sequence[dict], description: str = "",
-              time_from: str = "now-6h") -> dict:
+              time_from: str = "now-6h", variables: Sequence[dict] = (),
+              links: Sequence[dict] = ()) -> dict:
     return {
         "uid": uid, "title": title, "description": description, "tags": ["pilot-line"],
         "timezone": "browser", "schemaVersion": SCHEMA_VERSION, "version": 1, "editable": True,
         "graphTooltip": 1, "refresh": "10s", "time": {"from": time_from, "to": "now"},
-        "templating": {"list": []},
+        "templating": {"list": [session_variable(), *variables]}, "links": list(links),
         "annotations": {"list": [
             {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
              "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts",
