@@ -29,6 +29,7 @@ Published: ``SX.KEX.EST`` (factor), ``SX.FEED.Dy.EST``, ``SX.FEED.Tb.EST`` (mg/L
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import replace
@@ -57,6 +58,9 @@ INPUT_TAGS = {"feed_flow": "TANK.OUT.FLOW_SP", "organic_flow": "SX.ORG.FLOW_SP",
 _TAG_SCALE = {"feed_flow": L_PER_H, "organic_flow": L_PER_H, "scrub_flow": L_PER_H, "strip_flow": L_PER_H,
               "scrub_H": MOL_PER_L, "strip_H": MOL_PER_L}
 DY, TB = SPECIES.index("Dy"), SPECIES.index("Tb")
+
+
+log = logging.getLogger(__name__)
 
 
 class SteadyMap:
@@ -181,6 +185,7 @@ class CascadeModel:
         self.refresh_s, self.theta_tol, self.u_tol = refresh_s, theta_tol, u_tol
         self.lin = self.map.solve(np.zeros(3), u)
         self._since = 0.0
+        self.no_steady_state = False  # the inputs admit no steady state (e.g. the organic pump stopped)
 
     def initial(self) -> tuple[np.ndarray, np.ndarray]:
         z0 = np.concatenate([np.zeros(3), self.lin["y"]])
@@ -202,7 +207,18 @@ class CascadeModel:
         moved_u = np.max(np.abs(u - lin["u"]) / (np.abs(lin["u"]) + 1e-12))
         if (np.max(np.abs(theta - lin["theta"])) > self.theta_tol or moved_u > self.u_tol
                 or self._since > self.refresh_s):
-            self.lin, self._since = self.map.solve(theta, u), 0.0
+            self._since = 0.0
+            try:
+                self.lin = self.map.solve(theta, u)
+            except RuntimeError as exc:  # SuperLU: a singular stage Jacobian, no steady state at u
+                if not self.no_steady_state:
+                    log.warning("cascade model: no steady state at these inputs (%s; a stopped flow?): "
+                                "keeping the map about the last steady state", exc)
+                self.no_steady_state = True
+            else:
+                if self.no_steady_state:
+                    log.info("cascade model: a steady state again")
+                self.no_steady_state = False
         return self.lin
 
     def steady(self, theta: np.ndarray, u: np.ndarray, lin: dict) -> np.ndarray:

@@ -158,3 +158,20 @@ def test_simulate_with_the_loop_in_auto_records_and_summarises(config, tmp_path)
     off = simulate(config, 600.0, tmp_path / "off", make_plots=False)
     assert "control" not in off.summary
     assert json.loads((tmp_path / "auto" / "summary.json").read_text())["control"]["ticks"] == 30
+
+
+def test_a_stopped_organic_pump_does_not_take_the_loop_down(caplog):
+    """With the organic flow at zero the cascade has no steady state (its stage Jacobian is
+    singular): the estimator keeps the map about the last steady state, says so once, and the loop
+    goes on ticking through the trip."""
+    import logging
+
+    from pilot.historian.feed import parse_malfunction, simulated_run
+
+    with caplog.at_level(logging.WARNING, logger="controllers.estimation_cascade"):
+        batches = list(simulated_run(load_config(), 1800.0, epoch_s=1.8e9, seed=0,
+                                     malfunction=parse_malfunction("pump_trip:1.0:5min")))
+    decisions = [p for b in batches for p in (b if isinstance(b, list) else [b]) if p.measurement == "decision"]
+    assert max(p.time_s for p in decisions) >= 1.8e9 + 1700  # ticks to the end, through the trip
+    said = [r for r in caplog.records if "no steady state" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]
