@@ -374,3 +374,25 @@ def test_typed_round_trip_catches_bar_gauge_options_on_a_time_series(dashboards)
     ts["options"].update({"displayMode": "basic", "showUnfilled": True})
     lost = _dropped(dash, _round_trip(dash))
     assert any(d.endswith("options.displayMode dropped") for d in lost), lost
+
+
+def test_rendering_colours_tiles_by_the_dashboard_thresholds(dashboards, config, tmp_path):
+    """docs/img's rendering reads the overview's own overrides: a tag past its limit takes its
+    priority colour, a standing alarm appears with its state, a cleared one does not."""
+    from pilot.dashboards.render import (
+        _tiles,
+        last_values,
+        render_alarms,
+        render_overview,
+    )
+
+    th = {tag: t for _, rows in _tiles(dashboards["overview"]) for tag, t, _ in rows}
+    a = next(a for a in config.control.alarms.limit if a.hh_eng is not None and a.tag in th)
+    pts = [Point("process", a.tag, "", a.hh_eng + abs(a.hh_eng) * 0.01 + 1.0, 10.0),
+           *_state_points("X.HI", 5.0, 1, 2), *_state_points("Y.HI", 5.0, 0, 3)]
+    values, states = last_values(pts)
+    assert set(states) == {"X.HI", "Y.HI"} and states["X.HI"][0] == 1
+    assert threshold_color(th[a.tag], values[a.tag]) == PRIORITY_COLORS[a.hh_priority]
+    for path in (render_overview(dashboards["overview"], values, tmp_path / "o.png", "t"),
+                 render_alarms(states, tmp_path / "a.png", "t")):
+        assert path.stat().st_size > 10_000
