@@ -12,7 +12,7 @@ Both sides start from data already in memory and write the same points into a fr
 Also prints the encoding cost per point: our cached-key encoder vs building one
 ``influxdb_client.Point`` per value and calling ``to_line_protocol()``.
 Without ``--url`` it starts the CI instance (.ci/influxdb.sh) and stops it afterwards.
-Goal (issue 4): recorder >= 80 % of the plain POST and >= 100,000 points/s.
+Goal: recorder >= 80 % of the plain POST and >= 100,000 points/s.
 """
 
 from __future__ import annotations

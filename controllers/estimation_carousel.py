@@ -1,4 +1,4 @@
-"""Carousel estimator: loading front and adsorbent capacity of every column (issue 5, part 1).
+"""Carousel estimator: loading front and adsorbent capacity of every column.
 
 Public API (stable; the loop composes it)::
 

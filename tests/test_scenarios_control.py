@@ -1,4 +1,4 @@
-"""Scenario tests of the closed loop on the virtual clock (issue 5), with the training helper's
+"""Scenario tests of the closed loop on the virtual clock, with the training
 malfunctions (``twin.malfunctions``) as the hidden faults:
 
 1. extractant degradation (slow drift, −10 % over 3 h) on the cascade *and* a current-efficiency

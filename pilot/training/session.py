@@ -229,7 +229,7 @@ class TrainingSession:
             result = self.alarms.shelve(a.args["alarm"], who, self.t, float(a.args["duration_s"]))
         elif a.kind == "mode":
             if self.loop is None:
-                raise ValueError("this session runs without the control loop")
+                raise ValueError("this training session runs without the control loop")
             result = self.loop.set_mode(a.args["loop"], a.args["mode"])
         else:
             m = Malfunction.model_validate(a.args["malfunction"])
