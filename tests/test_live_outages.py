@@ -199,6 +199,23 @@ async def until(predicate, timeout_s: float, what: str) -> None:
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.05)
 
+async def live_with(scenario, stop: asyncio.Event, ticks: list, config, plcs, **options):
+    """``run_live`` in auto (every tick appended to ``ticks`` as (monotonic, tick, result)) with
+    ``scenario()`` beside it; the scenario ends the run by setting ``stop``, and so does its failure
+    (its exception is raised after the run)."""
+    async def guarded():
+        try:
+            await scenario()
+        finally:
+            stop.set()
+
+    task = asyncio.create_task(guarded())
+    res = await run_live(config, plcs, mode="auto", operator_endpoint=None, bridge_options=SECURITY, stop=stop,
+                         on_tick=lambda tk, r: ticks.append((time.monotonic(), tk, r)), **options)
+    await task
+    return res
+
+
 
 @pytest.mark.slow
 def test_one_plc_killed_and_restarted_with_its_clock_stepped_back(tmp_path, influx_db, caplog):
@@ -243,21 +260,8 @@ def test_one_plc_killed_and_restarted_with_its_clock_stepped_back(tmp_path, infl
             await until(lambda: len(ticks) >= marks["back_ticks"] + 2, 3 * period / SPEED + 5, "two more ticks")
             stop.set()
 
-        async def guarded():
-            try:
-                await scenario()
-            finally:
-                stop.set()  # a failed step ends the run too (its exception is raised below)
-
-        async def main():
-            task = asyncio.create_task(guarded())
-            res = await run_live(config, None, mode="auto", out_dir=tmp_path, recorder=rec, operator_endpoint=None,
-                                 bridge_options=SECURITY, stop=stop, status_every_s=3.0,
-                                 on_tick=lambda tk, r: ticks.append((time.monotonic(), tk, r)))
-            await task
-            return res
-
-        res = asyncio.run(main())
+        res = asyncio.run(live_with(scenario, stop, ticks, config, None, out_dir=tmp_path, recorder=rec,
+                                    status_every_s=3.0))
     finally:
         for proc in sims.values():
             proc.kill()
@@ -361,21 +365,7 @@ def test_the_only_plc_killed_raises_its_alarm_and_the_loop_goes_on_across_its_cl
             await until(lambda: len(ticks) >= marks["ticks_down"] + 2, 3 * period / SPEED + 5, "two ticks after")
             stop.set()
 
-        async def guarded():
-            try:
-                await scenario()
-            finally:
-                stop.set()  # a failed step ends the run too (its exception is raised below)
-
-        async def main():
-            task = asyncio.create_task(guarded())
-            res = await run_live(config, url, mode="auto", recorder=rec, operator_endpoint=None,
-                                 bridge_options=SECURITY, stop=stop,
-                                 on_tick=lambda tk, r: ticks.append((time.monotonic(), tk, r)))
-            await task
-            return res
-
-        res = asyncio.run(main())
+        res = asyncio.run(live_with(scenario, stop, ticks, config, url, recorder=rec))
     finally:
         proc.kill()
         proc.wait(10)

@@ -79,6 +79,16 @@ def _as(pki, user: str | None, password: str | None = None) -> ClientSecurity:
     return ClientSecurity("Basic256Sha256", "SignAndEncrypt", pki=pki, username=user,
                           password=password if password is not None else PASSWORDS.get(user or ""))
 
+@contextlib.asynccontextmanager
+async def logged_in(url: str, console, who: str):
+    """A client of the operator server logged in as ``who``, and the operator namespace index."""
+    client = await connect_client(url, _as(console, who))
+    try:
+        yield client, await client.get_namespace_index(OPERATOR_NS)
+    finally:
+        await client.disconnect()
+
+
 
 async def _drain_forever(server: OperatorServer) -> None:
     """What run_live does at the start of each poll iteration."""
@@ -232,9 +242,7 @@ def test_no_client_adds_or_deletes_nodes_or_writes_the_variables(loop, pkis, tmp
 
     async def main():
         async with serving(loop, _security(server_pki), audit) as (_, url):
-            client = await connect_client(url, _as(console, "erik"))
-            try:
-                idx = await client.get_namespace_index(OPERATOR_NS)
+            async with logged_in(url, console, "erik") as (client, idx):
                 obj = client.get_node(ua.NodeId("Operator", idx))
                 modes = client.get_node(ua.NodeId("Operator.Modes", idx))
                 alarms = client.get_node(ua.NodeId("Operator.Alarms", idx))
@@ -252,8 +260,6 @@ def test_no_client_adds_or_deletes_nodes_or_writes_the_variables(loop, pkis, tmp
                 out["alarms_kept"] = await alarms.read_value() == before
                 out["set_mode_still_works"] = await obj.call_method(set_mode, "cell1", "manual")
                 return out
-            finally:
-                await client.disconnect()
 
     out = asyncio.run(main())
     audit.close()
@@ -270,9 +276,7 @@ def test_wrong_arguments_answer_their_status_codes_and_are_journalled(loop, pkis
 
     async def main():
         async with serving(loop, _security(server_pki), audit) as (_, url):
-            client = await connect_client(url, _as(console, "erik"))
-            try:
-                idx = await client.get_namespace_index(OPERATOR_NS)
+            async with logged_in(url, console, "erik") as (client, idx):
 
                 async def raw(method, *variants):
                     req = ua.CallMethodRequest(ObjectId=ua.NodeId("Operator", idx),
@@ -290,8 +294,6 @@ def test_wrong_arguments_answer_their_status_codes_and_are_journalled(loop, pkis
                 return {"missing": await raw("Shelve", s(ALARM)), "too_many": await raw("Acknowledge", s(ALARM), s("x")),
                         "type": await raw("Shelve", s(ALARM), s("600")), "none": await raw("SetMode"),
                         "list_extra": await raw("List", d(1.0)), "good": await raw("Shelve", s(ALARM), d(600.0))}
-            finally:
-                await client.disconnect()
 
     out = asyncio.run(main())
     audit.close()
@@ -363,14 +365,10 @@ def test_operator_actions_never_run_during_a_tick(config, pkis, tmp_path, monkey
         while not ticks:
             await asyncio.sleep(0.05)
         answers = []
-        client = await connect_client(op_url, _as(console, who))
-        try:
-            idx = await client.get_namespace_index(OPERATOR_NS)
+        async with logged_in(op_url, console, who) as (client, idx):
             obj = client.get_node(ua.NodeId("Operator", idx))
             while len(ticks) < 3:
                 answers.append(await obj.call_method(ua.NodeId(f"Operator.{method}", idx), *args))
-        finally:
-            await client.disconnect()
         return answers
 
     async def main():
