@@ -14,7 +14,7 @@ import hmac
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from asyncua import ua
@@ -38,6 +38,16 @@ MIN_PASSWORD_LENGTH = 12
 
 def _hash(password: str, salt: bytes) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 20_000)
+
+
+def user_entries(text: str) -> Iterator[tuple[int, tuple[str, str, str] | None]]:
+    """(entry number, (name, role, password)) of a user store's text: entries separated by ``;`` or
+    newlines, blank ones and ``#`` comments skipped; ``None`` for an entry not of that form."""
+    for n, raw in enumerate(re.split(r"[;\n]", text), start=1):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            parts = line.split(":", 2)
+            yield n, (tuple(p.strip() for p in parts) if len(parts) == 3 else None)
 
 
 class UserDirectory:
@@ -78,14 +88,10 @@ class UserDirectory:
     @classmethod
     def parse(cls, text: str, source: str, min_length: int = MIN_PASSWORD_LENGTH) -> UserDirectory:
         users = cls()
-        for n, raw in enumerate(re.split(r"[;\n]", text), start=1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = line.split(":", 2)
-            if len(parts) != 3:
+        for n, parts in user_entries(text):
+            if parts is None:
                 raise SecurityError(f"{source}, entry {n}: expected name:role:password")
-            name, role, password = (p.strip() for p in parts)
+            name, role, password = parts
             try:
                 users.add(name, password, role, min_length=min_length)
             except (ValueError, SecurityError) as exc:

@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from opcua_server.users import MIN_PASSWORD_ENV as MIN_LENGTH_ENV
 from opcua_server.users import MIN_PASSWORD_LENGTH as DEFAULT_MIN_LENGTH
 from opcua_server.users import SECRETS_ENV as USERS_FILE_ENV
-from opcua_server.users import USERS_ENV
+from opcua_server.users import USERS_ENV, user_entries
 
 EXAMPLE_MARKERS = ("change-me", "changeme", "change_me")
 _SECRET_NAME = re.compile(r"^PILOT_\w*(TOKEN|PASSWORD)(_FILE)?$")
@@ -64,20 +64,12 @@ def _read_secret_file(name: str, path: str) -> tuple[str | None, str | None]:
         return None, f"{name} names {path}, which cannot be read ({exc.strerror or exc})"
 
 
-def _user_entries(text: str) -> list[tuple[int, str, str]]:
-    """(entry number, user name, password) of ``name:role:password`` entries (``;`` or lines)."""
-    out = []
-    for n, raw in enumerate(re.split(r"[;\n]", text), start=1):
-        line = raw.strip()
-        if line and not line.startswith("#") and line.count(":") >= 2:
-            name, _role, password = line.split(":", 2)
-            out.append((n, name.strip(), password.strip()))
-    return out
-
-
 def _user_problems(source: str, text: str, min_length: int) -> list[str]:
     problems = []
-    for n, user, password in _user_entries(text):
+    for n, parts in user_entries(text):
+        if parts is None:
+            continue  # the user store itself says what is wrong with the entry
+        user, _role, password = parts
         where = f"{source}, entry {n} (user {user!r})"
         if is_example(password):
             problems.append(f"{where}: the password is an example value (it contains 'change-me'): "
