@@ -22,6 +22,7 @@ from rich.console import Console
 
 from opcua_server.operator import DEFAULT_OPERATOR_ENDPOINT
 
+from .cli_common import fail as _fail
 from .cli_security import (
     DEFAULT_PKI,
     AllowPlaintextOpt,
@@ -39,11 +40,6 @@ historian_app = typer.Typer(help="Historian (InfluxDB / embedded store) and Graf
                             no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="plant YAML (default: the shipped line)")]
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _config(path: Path | None):

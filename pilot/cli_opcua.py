@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 import typer
 from rich.console import Console
 
+from .cli_common import fail as _fail
 from .cli_security import (
     AllowPlaintextOpt,
     PasswordFileOpt,
@@ -28,11 +29,6 @@ from .cli_security import (
 err = Console(stderr=True)
 opcua_app = typer.Typer(help="OPC UA tools: browse a live server, create certificates.",
                         no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def check_endpoint(url: str) -> str:

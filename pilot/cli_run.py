@@ -13,6 +13,7 @@ from rich.console import Console
 
 from opcua_server.operator import DEFAULT_OPERATOR_ENDPOINT
 
+from .cli_common import fail as _fail
 from .cli_security import (
     DEFAULT_PKI,
     AllowPlaintextOpt,
@@ -28,11 +29,6 @@ from .durations import duration_or_fail
 err = Console(stderr=True)
 out = Console()
 _OPERATOR_PANEL = "Operator server (pilot alarms, HMI)"
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 PLC_HELP = ("a PLC's endpoint: NAME=URL replaces the endpoint of the config's PLC NAME (repeat it); "

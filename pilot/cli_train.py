@@ -10,20 +10,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_common import fail as _fail
 from .cli_opcua import AnonymousOpt, ServerPkiOpt, ServerSecurityOpt
 from .durations import duration_or_fail
 
-err = Console(stderr=True)
 out = Console()
 train_app = typer.Typer(help="Operator training: run scenarios on the twin, score trainees, snapshots.",
                         no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", help="plant YAML file (default: the shipped pilot_line.yaml)", show_default=False)]
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _speed(text: str) -> float | None:
