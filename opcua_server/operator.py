@@ -54,6 +54,8 @@ from pydantic import ValidationError
 from controllers.loop import ControlLoop, TickResult
 
 from .audit import AuditEntry, AuditJournal
+from .conditions import AlarmConditions
+from .methods import MethodSpec, check_arguments
 from .security import SecurityError
 from .server_security import ServerSecurity, current_user, role_of, secure_server
 from .tagmap import Role
@@ -64,19 +66,7 @@ DEFAULT_OPERATOR_ENDPOINT = "opc.tcp://127.0.0.1:4850"  # beside the shipped lin
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 NOT_RUNNING = "the control loop is not running"
 S, D = ua.VariantType.String, ua.VariantType.Double
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """One operator method: its inputs (name, variant type), the least role and the audit name."""
-
-    name: str
-    action: str
-    inputs: tuple[tuple[str, ua.VariantType], ...]
-    role: Role
-
-    def arguments(self) -> list[ua.Argument]:
-        return [ua.Argument(Name=n, DataType=ua.NodeId(t.value), ValueRank=-1) for n, t in self.inputs]
+ALARM_ACTIONS = ("acknowledge", "shelve", "unshelve", "comment")  # actions on one alarm (its id first)
 
 
 METHODS: tuple[MethodSpec, ...] = (
@@ -88,25 +78,6 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("SetMode", "set_mode", (("loop", S), ("mode", S)), Role.ENGINEER),
     MethodSpec("SetShelveLimit", "set_shelve_limit", (("seconds", D),), Role.ENGINEER),
 )
-
-
-def check_arguments(spec: MethodSpec, variants: tuple[ua.Variant, ...]) -> tuple[object, str] | None:
-    """(what to answer, why) when the inputs do not match the method's declared arguments, else None."""
-    want, got = len(spec.inputs), len(variants)
-    if got < want:
-        return ua.StatusCode(ua.StatusCodes.BadArgumentsMissing), (
-            f"{spec.name} takes {want} argument(s) ({', '.join(n for n, _ in spec.inputs)}); got {got}")
-    if got > want:
-        return ua.StatusCode(ua.StatusCodes.BadTooManyArguments), f"{spec.name} takes {want} argument(s); got {got}"
-    results = [ua.StatusCode(ua.StatusCodes.Good if v.VariantType == t and v.Value is not None
-                             else ua.StatusCodes.BadTypeMismatch) for v, (_, t) in zip(variants, spec.inputs)]
-    bad = [k for k, r in enumerate(results) if not r.is_good()]
-    if not bad:
-        return None
-    name, vtype = spec.inputs[bad[0]]
-    answer = ua.CallMethodResult(StatusCode=ua.StatusCode(ua.StatusCodes.BadInvalidArgument),
-                                 InputArgumentResults=results)
-    return answer, f"argument {name} must be a {vtype.name}; got {variants[bad[0]].VariantType.name}"
 
 
 def alarms_json(loop: ControlLoop) -> str:
@@ -165,7 +136,10 @@ class OperatorServer:
                                              self._json(self.links), S)
         self._historian = await obj.add_variable(ua.NodeId("Operator.Historian", idx),
                                                  ua.QualifiedName("Historian", idx), self._json(self.historian), S)
+        self.conditions = AlarmConditions(s, idx, self.loop.alarms, self.security, self._submit, self._journal)
+        await self.conditions.build()
         await s.start()
+        await self.publish_conditions()
         log.info("operator server at %s (endpoints %s)", self.endpoint,
                  ", ".join(f"{p}:{m}" for p, m in self.security.endpoints))
 
@@ -184,6 +158,12 @@ class OperatorServer:
         await self._alarms.write_value(alarms_json(self.loop), S)
         await self._modes.write_value(json.dumps(self.loop.modes), S)
         await self.publish_status()
+        await self.publish_conditions()
+
+    async def publish_conditions(self) -> int:
+        """Emit the events of the alarm conditions that changed (after a tick, or after operator
+        actions were applied between ticks); returns how many."""
+        return await self.conditions.publish(self.t if math.isfinite(self.t) else time.time())
 
     async def publish_status(self) -> None:
         """Refresh ``Links``, ``Historian`` and the ``PLC.<name>.LINK`` variables (also between
@@ -263,6 +243,7 @@ class OperatorServer:
             "unshelve": lambda: alarms.unshelve(a[0], who, t),
             "set_mode": lambda: self.loop.set_mode(a[0], a[1]),
             "set_shelve_limit": lambda: self._set_shelve_limit(a[0]),
+            "comment": lambda: self._known(a[0]),  # journalled; carried in the condition's events
         }
         try:
             done = actions[req.spec.action]()
@@ -270,9 +251,19 @@ class OperatorServer:
             reason = str(exc.args[0]) if exc.args else str(exc)
             self._journal(req.spec, a, who, req.role, f"refused: {reason}", t)
             return f"error: {reason}"
+        if req.spec.action in ALARM_ACTIONS and (done or req.spec.action == "comment"):  # in the next events
+            self.conditions.note(a[0], who, a[1] if req.spec.action in ("acknowledge", "comment") and len(a) > 1
+                                 else None)
+        elif req.spec.action == "acknowledge_all":
+            for entry in done:
+                self.conditions.note(entry.alarm_id, who)
         answer = f"ok: {len(done)} transition(s)" if isinstance(done, list) else "ok"
         self._journal(req.spec, a, who, req.role, answer, t)
         return answer
+
+    def _known(self, alarm_id: str) -> None:
+        if alarm_id not in self.loop.alarms.index:
+            raise KeyError(f"no alarm {alarm_id!r}")
 
     def _set_shelve_limit(self, seconds: float) -> None:
         cfg = self.loop.alarms.config

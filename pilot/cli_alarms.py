@@ -1,5 +1,7 @@
 """``pilot alarms list|ack|shelve|unshelve|mode|shelve-limit``: the operator's actions on the
-running ``pilot run``, through its operator server, as the logged-in user.
+running ``pilot run``, through its operator server, as the logged-in user. Alarms are read and
+acted on through the server's OPC UA Alarms & Conditions, as any A&C client does (ConditionRefresh,
+Acknowledge, TimedShelve / Unshelve); loop modes and the shelve limit through the Operator object.
 
 The connection (endpoint, security, user) is given once, before the action, and is the same for
 every action: ``pilot alarms --user olga ack CELL1.TEMP.HI``; usually it comes from the
@@ -9,7 +11,6 @@ PILOT_OPCUA_PASSWORD_FILE, PILOT_OPCUA_PKI). See docs/alarms.md and docs/securit
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,6 +44,12 @@ alarms_app = typer.Typer(
     no_args_is_help=True)
 
 
+def ua_code(name: str) -> int:
+    from asyncua import ua
+
+    return getattr(ua.StatusCodes, name)
+
+
 @dataclass(frozen=True)
 class _Console:
     """The connection options of the group; checked when an action runs (so `ACTION --help` works
@@ -52,10 +59,32 @@ class _Console:
     options: tuple  # the arguments of client_security_or_fail
 
     def call(self, method: str, *args) -> str:
-        """Call ``method`` on the operator server; one red line for every refusal or connection problem."""
+        """Call ``method`` of the operator object; one red line for every refusal or connection problem."""
+        from opcua_server.operator import call_operator
+
+        answer = self._run(method, lambda endpoint, security: call_operator(endpoint, security, method, *args))
+        if answer.startswith("error"):
+            fail(answer[len("error: "):])
+        return answer
+
+    def conditions(self, what: str, action):
+        """Run ``action(client)`` in a session with the operator server, through its Alarms &
+        Conditions; ``what``: the method named in a refusal (Acknowledge, Shelve, ...)."""
+        from opcua_server.client_security import connect_client
+
+        async def run(endpoint, security):
+            client = await connect_client(endpoint, security, name="pilot-line alarms")
+            try:
+                return await action(client)
+            finally:
+                await client.disconnect()
+
+        return self._run(what, run)
+
+    def _run(self, what: str, session):
         from asyncua import ua
 
-        from opcua_server.operator import call_operator, refusal_sentence
+        from opcua_server.operator import refusal_sentence
         from opcua_server.security import SecurityError
 
         from .cli_opcua import check_endpoint
@@ -64,16 +93,24 @@ class _Console:
         security = client_security_or_fail(*self.options)
         logging.getLogger("asyncua").setLevel(logging.CRITICAL)  # every problem ends in the one line below
         try:
-            answer = asyncio.run(call_operator(self.endpoint, security, method, *args))
+            return asyncio.run(session(self.endpoint, security))
         except SecurityError as exc:
             fail(str(exc))
+        except KeyError as exc:
+            fail(str(exc.args[0]))
         except OSError as exc:  # TimeoutError included
             fail(f"no running `pilot run` operator server at {self.endpoint}: {exc or type(exc).__name__}")
         except ua.UaStatusCodeError as exc:
-            fail(f"{self.endpoint}: {refusal_sentence(method, exc.code, security.username)}")
-        if answer.startswith("error"):
-            fail(answer[len("error: "):])
-        return answer
+            fail(f"{self.endpoint}: {REFUSALS.get(exc.code) or refusal_sentence(what, exc.code, security.username)}")
+
+
+REFUSALS = {  # the conditions' refusals in words (the role refusal is refusal_sentence's)
+    ua_code("BadConditionBranchAlreadyAcked"): "the alarm is acknowledged already",
+    ua_code("BadConditionNotShelved"): "the alarm is not shelved",
+    ua_code("BadShelvingTimeOutOfRange"): "shelving that long is not allowed: at most alarms.max_shelve_s "
+                                          "(an engineer changes it with `pilot alarms shelve-limit`)",
+    ua_code("BadEventIdUnknown"): "the alarm changed meanwhile: list and try again",
+}
 
 
 @alarms_app.callback()
@@ -134,8 +171,11 @@ def listing_tables(listing: dict) -> list[Table]:
 def alarms_list(ctx: typer.Context,
                 as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """The alarm summary (unacknowledged and acknowledged active, returned-to-normal unacknowledged)
-    and the shelved alarms with their expiry; times are plant time in ISO local time."""
-    listing = listing_json(json.loads(ctx.obj.call("List")))
+    and the shelved alarms with their expiry; times are plant time in ISO local time. Read as any
+    Alarms & Conditions client does: the retained conditions after a ConditionRefresh."""
+    from opcua_server.alarm_client import standing
+
+    listing = listing_json(ctx.obj.conditions("ConditionRefresh", standing))
     if as_json:
         out.print_json(data=listing)
         return
@@ -145,9 +185,18 @@ def alarms_list(ctx: typer.Context,
 
 @alarms_app.command("ack")
 def alarms_ack(ctx: typer.Context,
-               alarm_id: Annotated[str, typer.Argument(help="alarm id, e.g. CELL1.TEMP.HI, or 'all'")]) -> None:
-    """Acknowledge an alarm (or all of them); operator role."""
-    out.print(ctx.obj.call("AcknowledgeAll") if alarm_id == "all" else ctx.obj.call("Acknowledge", alarm_id))
+               alarm_id: Annotated[str, typer.Argument(help="alarm id, e.g. CELL1.TEMP.HI, or 'all'")],
+               comment: Annotated[str, typer.Option(help="a comment journalled with the acknowledgement")] = ""
+               ) -> None:
+    """Acknowledge an alarm (or every unacknowledged one) through its condition; operator role."""
+    from opcua_server.alarm_client import acknowledge
+
+    ids = None if alarm_id == "all" else [alarm_id]
+    done = ctx.obj.conditions("Acknowledge", lambda client: acknowledge(client, ids, comment))
+    if ids is not None and not done:
+        out.print(f"ok: {alarm_id} has nothing to acknowledge")
+    else:
+        out.print(f"ok: acknowledged {len(done)} alarm(s)" + (f": {', '.join(done)}" if done else ""))
 
 
 @alarms_app.command("shelve")
@@ -155,14 +204,22 @@ def alarms_shelve(ctx: typer.Context,
                   alarm_id: Annotated[str, typer.Argument(help="alarm id")],
                   duration: Annotated[str, typer.Option(help="shelve for (30min, 2h); at most alarms.max_shelve_s")]
                   = "1h") -> None:
-    """Shelve an alarm until the duration expires (plant time); operator role."""
-    out.print(ctx.obj.call("Shelve", alarm_id, float(duration_or_fail(duration, fail))))
+    """Shelve an alarm until the duration expires (plant time), by its condition's TimedShelve;
+    operator role."""
+    from opcua_server.alarm_client import shelve
+
+    seconds = float(duration_or_fail(duration, fail))
+    ctx.obj.conditions("Shelve", lambda client: shelve(client, alarm_id, seconds))
+    out.print(f"ok: {alarm_id} shelved for {duration}")
 
 
 @alarms_app.command("unshelve")
 def alarms_unshelve(ctx: typer.Context, alarm_id: Annotated[str, typer.Argument(help="alarm id")]) -> None:
-    """Return a shelved alarm to service; operator role."""
-    out.print(ctx.obj.call("Unshelve", alarm_id))
+    """Return a shelved alarm to service (its condition's Unshelve); operator role."""
+    from opcua_server.alarm_client import shelve
+
+    ctx.obj.conditions("Unshelve", lambda client: shelve(client, alarm_id, None))
+    out.print(f"ok: {alarm_id} unshelved")
 
 
 @alarms_app.command("mode")

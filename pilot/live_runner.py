@@ -98,6 +98,7 @@ class LiveRunner:
                 return None
             if self.operator and self.operator.drain(self.clock.t):  # operator actions: between ticks
                 self.save_alarms()
+                await self.operator.publish_conditions()
             if await self.iteration(duration_s):
                 return "duration"
         return None

@@ -470,7 +470,7 @@ def test_pilot_alarms_acts_as_the_logged_in_user(loop, pkis, tmp_path):
     audit.close()
     assert vera.returncode == 2 and "Acknowledge needs the operator role, which user vera does not have" in vera.stderr
     assert "Traceback" not in vera.stderr
-    assert olga.returncode == 0 and "ok: 1 transition(s)" in olga.stdout, olga.stderr
+    assert olga.returncode == 0 and "ok: acknowledged 1 alarm(s): CELL1.TEMP.HI" in olga.stdout, olga.stderr
     assert typed.returncode == 2 and "--operator" in typed.stderr  # no such option: the name is not typed
     assert erik.returncode == 0 and erik.stdout.strip() == "ok" and loop.alarms.config.max_shelve_s == 7200.0
     assert [(e["user"], e["result"].split(":")[0]) for e in read_journal(tmp_path / "audit.jsonl")] == [
