@@ -19,7 +19,7 @@ from pathlib import Path
 from pilot_config.plant import PilotLineConfig
 from twin.kpis import compute_kpis
 from twin.plant import TwinPlant
-from twin.points import process_points
+from twin.points import FreshSamples, process_points
 
 from .closed_loop import ClosedLoop
 from .historian.sqlite import SqliteSink, history_path
@@ -69,8 +69,9 @@ def simulate(
     next_profile = PROFILE_EVERY_S
     ctrl = None if control == "off" else ClosedLoop(config, control)
     next_record = record_dt
+    fresh = FreshSamples()  # a sample once, at its own time (an assay is held until the next)
     try:
-        sink.write_batch(process_points(plant.snapshot(), units))
+        sink.write_batch(process_points(fresh(plant.snapshot()), units))
         while plant.t < until_s - 1e-9:
             plant.advance(min(next_record, ctrl.next_t if ctrl else math.inf, until_s) - plant.t)
             if ctrl is not None and plant.t >= ctrl.next_t - 1e-9:
@@ -78,7 +79,7 @@ def simulate(
             if plant.t < next_record - 1e-9 and plant.t < until_s - 1e-9:
                 continue
             next_record += record_dt
-            sink.write_batch(process_points(plant.snapshot(), units))
+            sink.write_batch(process_points(fresh(plant.snapshot()), units))
             if plant.t >= next_profile - 1e-9 or plant.t >= until_s - 1e-9:
                 profiles.append((plant.t, plant.stage_profile()))
                 next_profile += PROFILE_EVERY_S

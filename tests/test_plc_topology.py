@@ -210,7 +210,7 @@ def test_config_check_prints_the_plcs_and_their_tag_counts(tmp_path):
     assert r.exit_code == 0, r.output
     assert "4 PLCs:" in r.output
     assert "adsorption: 34 tags at opc.tcp://127.0.0.1:4840 (namespace urn:pilot-line:plc:adsorption" in r.output
-    assert "electrolysis: 30 tags at opc.tcp://127.0.0.1:4842" in r.output and "distillation: 3 tags" in r.output
+    assert "electrolysis: 36 tags at opc.tcp://127.0.0.1:4842" in r.output and "distillation: 3 tags" in r.output
     bad = _with_opcua(tmp_path, _plc("a", 5001, units="[adsorption, nowhere]"))
     r = CliRunner().invoke(app, ["config", "check", str(bad)], env={"COLUMNS": "200"})
     assert r.exit_code == 2 and f"{bad}:{_line_of(bad, 'nowhere')}: opcua.plcs.0.units.1: unknown plant unit" in r.output
@@ -221,8 +221,8 @@ def test_config_check_prints_the_plcs_and_their_tag_counts(tmp_path):
 def test_serve_plan(config):
     every = serve_plan(config)
     assert [(p.name, p.endpoint, len(p.tags)) for p in every] == [
-        ("adsorption", "opc.tcp://127.0.0.1:4840", 34), ("extraction", "opc.tcp://127.0.0.1:4841", 22),
-        ("electrolysis", "opc.tcp://127.0.0.1:4842", 30), ("distillation", "opc.tcp://127.0.0.1:4843", 3)]
+        ("adsorption", "opc.tcp://127.0.0.1:4840", 34), ("extraction", "opc.tcp://127.0.0.1:4841", 23),
+        ("electrolysis", "opc.tcp://127.0.0.1:4842", 36), ("distillation", "opc.tcp://127.0.0.1:4843", 3)]
     (one,) = serve_plan(config, ["electrolysis"], {"electrolysis": "opc.tcp://h:9"})
     assert (one.endpoint, one.namespace_uri) == ("opc.tcp://h:9", "urn:pilot-line:plc:electrolysis")
     (all_tags,) = serve_plan(config, endpoint="opc.tcp://h:7")  # the single-server meaning

@@ -62,8 +62,8 @@ def test_voltage_reading_off_the_cell_model(config):
 def test_organic_circuit_balance_catches_entrainment_before_the_level_alarm(config):
     """Crud entrainment carries organic out with the raffinate: the closed organic circuit's
     balance residual (SX.ORG.BALANCE) is alarmed before the inventory reaches its L limit."""
-    first = first_raised(config, [
+    first = first_raised(config, [  # entrainment ramped to 12.5 % of the raffinate flow over 1 h
         Malfunction(kind="crud_entrainment", target="extraction", onset_s=ONSET_S, ramp_s=3600.0, severity=0.5),
-    ], hours=1.6)
-    assert 0 < first["SX.ORG.BALANCE"] <= 15 * 60.0
+    ], hours=2.8)
+    assert 0 < first["SX.ORG.BALANCE"] <= 45 * 60.0
     assert first["SX.ORG.BALANCE"] < first["SX.ORG.INVENTORY.LO"]

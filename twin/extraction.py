@@ -37,7 +37,24 @@ organic inlet), limited smoothly as [H+] → 0: rate · H/(H + 1 mol/m3).
 
 Outlets (integrated into ``cum_<outlet>_<sp|H|volume>``): ``raffinate`` = settler aq of stage 1
 (flow Q_feed + Q_scrub), ``strip`` = settler aq of the first strip stage (flow Q_strip).
-The organic inventory is constant (no entrainment modelled). Reported pH: mixer aqueous phase.
+
+Entrainment (crud at the settler interfaces): organic leaves with the raffinate at
+
+    Q_e = φ · Q_raff · f,   φ = φ_crud (1 − f_clear),   f = 1 − V_e / ΣV_os°
+
+(f_clear: fraction of the interface free of crud, 1 in normal operation; φ_crud: organic volume
+per raffinate volume with the interface covered; V_e = ``cum_raffinate_organic``, the organic
+lost so far). The closed organic loop has no make-up, so the organic layers of the settlers thin
+in proportion to their design hold-ups, V_os,k = f·V_os,k°, and the entrained organic carries its
+own metal: each settler loses q_k = Q_e V_os,k°/ΣV_os° of organic at its concentration, so
+
+    d(V_os,k C_os,k)/dt = Q_o (C_om,k − C_os,k) − q_k C_os,k   ⇒   V_os,k dC_os,k/dt = Q_o (C_om,k − C_os,k)
+
+and the raffinate outlet books Σ_k q_k C_os,k mol/s beside its aqueous flow (metal in the
+``raffinate.<sp>`` outputs per m3 of aqueous raffinate; ``raffinate.organic`` = Q_e/(Q_raff + Q_e),
+organic volume fraction in the raffinate, shown in ppm). Element balance: exact, whatever φ
+(entrainment from the inner settlers returns to the next mixer and stays in the cascade).
+Reported pH: mixer aqueous phase.
 Purities on an REO (oxide mass) basis: Dy2O3, Tb4O7, Nd2O3, Pr6O11.
 Sources: /work/shared/design/PROCESS_MODELS.md; Kremser closed form for checks.
 """
@@ -50,13 +67,20 @@ import numpy as np
 
 from pilot_config.base import L_PER_H, MOL_PER_L, SPECIES
 
+from .extraction_support import (
+    H_FLOOR,
+    _smax,
+    analytic_jacobian,
+    distribution,
+    jac_pattern,
+    steady_state,
+)
 from .unit import index_map
 
 PHASES = ("mixer.aq", "mixer.org", "settler.aq", "settler.org")
 #: g of rare-earth oxide per mol of metal (Dy2O3, Tb4O7, Nd2O3, Pr6O11; O = 15.999)
 REO_G_PER_MOL = {"Dy": 186.4985, "Tb": 186.9228, "Nd": 168.2405, "Pr": 170.2408}
 REE = ("Dy", "Tb", "Nd", "Pr")
-H_FLOOR = 1e-3  # mol/m3 (pH 6): smooth lower bound of [H+] inside D
 
 
 def reo_purity(n: np.ndarray, species: str, names: tuple[str, ...] = SPECIES) -> float:
@@ -64,11 +88,6 @@ def reo_purity(n: np.ndarray, species: str, names: tuple[str, ...] = SPECIES) ->
     w = np.array([REO_G_PER_MOL[s] * n[names.index(s)] for s in REE])
     total = float(w.sum())
     return float(w[REE.index(species)] / total) if total > 1e-30 else 0.0
-
-
-def _smax(x: np.ndarray, floor: float) -> np.ndarray:
-    """Smooth max(x, 0) bounded below by ~floor/2."""
-    return 0.5 * (x + np.sqrt(x * x + floor * floor))
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,6 +116,8 @@ class CascadeParams:
     scrub_H: float = 0.0
     strip_flow: float = 0.0
     strip_H: float = 0.0
+    interface_clear: float = 1.0  # f_clear: settler interface free of crud (1: clean)
+    crud_entrainment: float = 0.25  # φ_crud: organic per raffinate volume, interface covered
 
     @property
     def n_stages(self) -> int:
@@ -142,28 +163,6 @@ def params_from_config(cfg) -> CascadeParams:
     )
 
 
-def distribution(h: np.ndarray, c_org: np.ndarray, p: CascadeParams):
-    """D (stages × species), plus ∂lnD/∂H and ∂lnD/∂[HA]free·∂[HA]free/∂load (for Jacobians).
-
-    ``h``: mixer aqueous [H+] (mol/m3, per stage); ``c_org``: mixer organic (stages × species).
-    """
-    ha_tot = p.extractant * p.extractant_factor
-    load = c_org @ (2.0 * p.charge)
-    raw = ha_tot - load
-    floor = 1e-3 * ha_tot
-    free = _smax(raw, floor)
-    hh = _smax(h, H_FLOOR)
-    log_a = p.log_a + np.where(p.kex_scaled, np.log(p.kex_factor), 0.0)
-    ln_d = (log_a + np.outer(np.log(free / MOL_PER_L), p.order_ha)
-            - np.outer(np.log(hh / MOL_PER_L), p.order_h))
-    d = np.exp(np.clip(ln_d, -40.0, 40.0))
-    dfree = 0.5 * (1.0 + raw / np.sqrt(raw * raw + floor * floor))  # d free / d raw
-    dhh = 0.5 * (1.0 + h / np.sqrt(h * h + H_FLOOR * H_FLOOR))
-    dlnd_dh = -np.outer(dhh / hh, p.order_h)
-    dlnd_dload = -np.outer(dfree / free, p.order_ha)  # per unit of load (mol/m3 HA)
-    return d, dlnd_dh, dlnd_dload
-
-
 class Cascade:
     """The cascade as a Unit of (t, x, u, p); see the module docstring for the equations."""
 
@@ -183,6 +182,7 @@ class Cascade:
         cum = []
         for outlet in ("raffinate", "strip"):
             cum += [f"cum_{outlet}_{c}" for c in comps] + [f"cum_{outlet}_volume"]
+        cum.append("cum_raffinate_organic")  # V_e, m3 of organic entrained
         self.n_stage_states = len(stage_names)
         self.state_names = (*stage_names, *cum)
         self.input_names = ("feed_flow", *(f"feed_{s}" for s in SPECIES), "feed_H",
@@ -192,7 +192,7 @@ class Cascade:
         for k in range(1, n + 1):
             outs += [f"stage{k}.aq.{s}" for s in SPECIES] + [f"stage{k}.org.{s}" for s in SPECIES]
             outs.append(f"stage{k}.pH")
-        outs += ["organic_inventory", "tb_purity", "dy_purity"]
+        outs += ["organic_inventory", "tb_purity", "dy_purity", "raffinate.organic"]
         self.output_names = tuple(outs)
         self.state_index = index_map(self.state_names)
         self.input_index = index_map(self.input_names)
@@ -204,6 +204,7 @@ class Cascade:
         self._up = up
         self._p0 = p
         self._pattern = None
+        self.i_entrained = self.state_index["cum_raffinate_organic"]
 
     # -- layout helpers --------------------------------------------------------------------
     def split(self, x: np.ndarray):
@@ -251,6 +252,21 @@ class Cascade:
         return u
 
     # -- model -----------------------------------------------------------------------------
+    def organic_fill(self, x: np.ndarray, p: CascadeParams) -> float:
+        """f = 1 − V_e/ΣV_os°: share of the settlers' design organic hold-up still held."""
+        return max(1.0 - x[self.i_entrained] / float(p.v_org_settler.sum()), 1e-9)
+
+    def entrainment(self, x: np.ndarray, q_raff: float, p: CascadeParams):
+        """(Q_e m3/s, composition of the entrained organic mol/m3, V_os m3 per stage)."""
+        if p.interface_clear >= 1.0 and x[self.i_entrained] == 0.0:
+            return 0.0, 0.0, p.v_org_settler  # clean interface, nothing lost (normal operation)
+        f = self.organic_fill(x, p)
+        q_e = p.crud_entrainment * (1.0 - p.interface_clear) * q_raff * f
+        if q_e <= 0.0:
+            return 0.0, 0.0, f * p.v_org_settler
+        c_e = (p.v_org_settler @ self.split(x)[3]) / float(p.v_org_settler.sum())
+        return q_e, c_e, f * p.v_org_settler
+
     def transfer(self, am: np.ndarray, om: np.ndarray, p: CascadeParams):
         """Mass-transfer rate N (mol/s, stages × species), D and the pieces of its derivative."""
         d, dlnd_dh, dlnd_dload = distribution(am[:, -1], om, p)
@@ -289,36 +305,43 @@ class Cascade:
         dam /= p.v_aq_mixer[:, None]
         dom[:] = (qo * (np.roll(so, 1, axis=0) - om) + rate) / p.v_org_mixer[:, None]
         dsa[:] = qa[:, None] * (am - sa) / p.v_aq_settler[:, None]
-        dso[:] = qo * (om - so) / p.v_org_settler[:, None]
+        q_e, c_e, v_os = self.entrainment(x, qa[0], p)
+        dso[:] = qo * (om - so) / v_os[:, None]
         m = self.n_stage_states
         nc = self.nc
         dx[m: m + nc] = qa[0] * sa[0]
+        dx[m: m + nc - 1] += q_e * c_e
         dx[m + nc] = qa[0]
         dx[m + nc + 1: m + 2 * nc + 1] = qst * sa[self.ne + self.ns]
         dx[m + 2 * nc + 1] = qst
+        dx[self.i_entrained] = q_e
         return dx
 
     def outputs(self, t: float, x: np.ndarray, u: np.ndarray, p: CascadeParams) -> np.ndarray:
         am, om, sa, so = self.split(x)
         qf, qo, qs, qst, qa = self.flows(u)
         ns = self.nc - 1
-        raff, strip = sa[0], sa[self.ne + self.ns]
+        raff, strip = sa[0].copy(), sa[self.ne + self.ns]
+        q_e, c_e, v_os = self.entrainment(x, qa[0], p)
+        if qa[0] > 0.0:
+            raff[:ns] += q_e * c_e / qa[0]
+        organic = q_e / (qa[0] + q_e) if q_e > 0.0 else 0.0
         ph = -np.log10(_smax(am[:, -1], H_FLOOR) / MOL_PER_L)
         per_stage = np.hstack([sa[:, :ns], so, ph[:, None]]).ravel()
         return np.concatenate([
             [qa[0]], raff, [qst], strip, per_stage,
-            [self.organic_inventory(p), reo_purity(raff, "Tb"), reo_purity(strip, "Dy")]])
+            [self.organic_inventory(x, p), reo_purity(raff, "Tb"), reo_purity(strip, "Dy"), organic]])
 
     # -- bookkeeping ------------------------------------------------------------------------
-    def organic_inventory(self, p: CascadeParams) -> float:
-        """Organic solvent held in the cascade, m3."""
-        return float(p.v_org_mixer.sum() + p.v_org_settler.sum())
+    def organic_inventory(self, x: np.ndarray, p: CascadeParams) -> float:
+        """Organic solvent held in the cascade, m3 (settler layers thinned by entrainment)."""
+        return float(p.v_org_mixer.sum() + self.organic_fill(x, p) * p.v_org_settler.sum())
 
     def phase_inventory(self, x: np.ndarray, p: CascadeParams) -> tuple[np.ndarray, np.ndarray]:
         """(aqueous mol per species + H, organic mol per species), all stages."""
         am, om, sa, so = self.split(x)
         aq = p.v_aq_mixer @ am + p.v_aq_settler @ sa
-        org = p.v_org_mixer @ om + p.v_org_settler @ so
+        org = p.v_org_mixer @ om + self.organic_fill(x, p) * (p.v_org_settler @ so)
         return aq, org
 
     def inventory(self, x: np.ndarray, p: CascadeParams) -> np.ndarray:
@@ -326,18 +349,12 @@ class Cascade:
         return aq[:-1] + org
 
     def jac_sparsity(self):
-        from .extraction_support import jac_pattern
-
         if self._pattern is None:
             self._pattern = jac_pattern(self)
         return self._pattern
 
     def jacobian(self, t: float, x: np.ndarray, u: np.ndarray, p: CascadeParams):
-        from .extraction_support import analytic_jacobian
-
         return analytic_jacobian(self, x, u, p)
 
     def steady_state(self, u: np.ndarray, p: CascadeParams, x0: np.ndarray | None = None) -> np.ndarray:
-        from .extraction_support import steady_state
-
         return steady_state(self, u, p, x0)

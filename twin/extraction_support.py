@@ -11,6 +11,11 @@ recycle), cumulative outlets ← the outlet settlers. Derivatives of N (module d
     ∂N_i/∂D_i    = k·a V_a V_o (C_am,i V_a + C_om,i V_o) / den_i²,   den_i = V_a + D_i V_o,
     ∂D_i/∂H = D_i ∂lnD_i/∂H,                     ∂D_i/∂C_om,j = D_i ∂lnD_i/∂load · 2 z_j.
 
+Entrainment into the raffinate (Q_e, module docstring of ``twin.extraction``): cum_raffinate_<sp>
+← every settler organic (Q_e V_os,k°/ΣV_os°), V_e ← itself (∂Q_e/∂V_e = −Q_e/(f ΣV_os°)), and
+every settler organic and cum_raffinate_<sp> ← V_e through the hold-ups V_os = f·V_os°
+(∂f/∂V_e = −1/ΣV_os°).
+
 Steady state: stiff integration (BDF, analytic Jacobian) of the stage states to a long horizon
 (pseudo-transient continuation), then Newton polish on the stage balances.
 """
@@ -22,9 +27,40 @@ import scipy.sparse as sps
 from scipy.integrate import solve_ivp
 from scipy.sparse.linalg import spsolve
 
+from pilot_config.base import MOL_PER_L
+
+H_FLOOR = 1e-3  # mol/m3 (pH 6): smooth lower bound of [H+] inside D
+
 
 class SteadyStateError(RuntimeError):
     pass
+
+
+def _smax(x: np.ndarray, floor: float) -> np.ndarray:
+    """Smooth max(x, 0) bounded below by ~floor/2."""
+    return 0.5 * (x + np.sqrt(x * x + floor * floor))
+
+
+def distribution(h: np.ndarray, c_org: np.ndarray, p) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """D (stages × species), plus ∂lnD/∂H and ∂lnD/∂[HA]free·∂[HA]free/∂load (for Jacobians).
+
+    ``h``: mixer aqueous [H+] (mol/m3, per stage); ``c_org``: mixer organic (stages × species).
+    """
+    ha_tot = p.extractant * p.extractant_factor
+    load = c_org @ (2.0 * p.charge)
+    raw = ha_tot - load
+    floor = 1e-3 * ha_tot
+    free = _smax(raw, floor)
+    hh = _smax(h, H_FLOOR)
+    log_a = p.log_a + np.where(p.kex_scaled, np.log(p.kex_factor), 0.0)
+    ln_d = (log_a + np.outer(np.log(free / MOL_PER_L), p.order_ha)
+            - np.outer(np.log(hh / MOL_PER_L), p.order_h))
+    d = np.exp(np.clip(ln_d, -40.0, 40.0))
+    dfree = 0.5 * (1.0 + raw / np.sqrt(raw * raw + floor * floor))  # d free / d raw
+    dhh = 0.5 * (1.0 + h / np.sqrt(h * h + H_FLOOR * H_FLOOR))
+    dlnd_dh = -np.outer(dhh / hh, p.order_h)
+    dlnd_dload = -np.outer(dfree / free, p.order_ha)  # per unit of load (mol/m3 HA)
+    return d, dlnd_dh, dlnd_dload
 
 
 def _structure(c) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -61,6 +97,11 @@ def _structure(c) -> tuple[np.ndarray, np.ndarray, dict]:
     strip0 = c.ne + c.ns
     add("cum_raff", m + ci, base[0] + nb + ci)
     add("cum_strip", m + nc + 1 + ci, base[strip0] + nb + ci)
+    add("cum_raff_org", m + 0 * base[:, None] + si, base[:, None] + nb + nc + si)
+    lost = c.i_entrained
+    add("entrained", np.array([lost]), np.array([lost]))
+    add("so_entrained", base[:, None] + nb + nc + si, lost + 0 * base[:, None] + 0 * si)
+    add("raff_entrained", m + si, lost + 0 * si)
     out = (np.concatenate(rows), np.concatenate(cols), {**sl, "has_up": has_up})
     c._jac_structure = out
     return out
@@ -76,8 +117,6 @@ def jac_pattern(c) -> sps.csc_matrix:
 
 def _mixer_blocks(c, x, u, p, qa, qo) -> np.ndarray:
     """Dense ∂(mixer aq, mixer org)/∂(mixer aq, mixer org) per stage: (n, 17, 17)."""
-    from .extraction import distribution
-
     am, om, _, _ = c.split(x)
     d, dlnd_dh, dlnd_dload = distribution(am[:, -1], om, p)
     va, vo = p.v_aq_mixer[:, None], p.v_org_mixer[:, None]
@@ -111,6 +150,20 @@ def _mixer_blocks(c, x, u, p, qa, qo) -> np.ndarray:
     return b
 
 
+def _entrainment_entries(c, x, q_raff, qo, p, sl, data) -> None:
+    """Settler-organic flow terms (hold-ups f·V_os°) and the entrainment terms, in place."""
+    ns = c.nc - 1
+    q_e, c_e, v_os = c.entrainment(x, q_raff, p)
+    _, om, _, so = c.split(x)
+    fo = np.repeat(qo / v_os, ns)
+    data[sl["so_om"]], data[sl["so_so"]] = fo, -fo
+    scale = 1.0 / (float(p.v_org_settler.sum()) * c.organic_fill(x, p))  # ∂ln f/∂V_e = −scale
+    data[sl["so_entrained"]] = (qo * (om - so) / v_os[:, None]).ravel() * scale
+    data[sl["cum_raff_org"]] = np.repeat(q_e * p.v_org_settler * scale * c.organic_fill(x, p), ns)
+    data[sl["entrained"]] = -q_e * scale
+    data[sl["raff_entrained"]] = -q_e * c_e * scale
+
+
 def analytic_jacobian(c, x, u, p) -> sps.csc_matrix:
     rows, cols, sl = _structure(c)
     qf, qo, qs, qst, qa = c.flows(u)
@@ -123,8 +176,7 @@ def analytic_jacobian(c, x, u, p) -> sps.csc_matrix:
     data[sl["org_prev"]] = np.repeat(qo / p.v_org_mixer, ns)
     fa = np.repeat(qa / p.v_aq_settler, nc)
     data[sl["sa_am"]], data[sl["sa_sa"]] = fa, -fa
-    fo = np.repeat(qo / p.v_org_settler, ns)
-    data[sl["so_om"]], data[sl["so_so"]] = fo, -fo
+    _entrainment_entries(c, x, qa[0], qo, p, sl, data)
     data[sl["cum_raff"]] = qa[0]
     data[sl["cum_strip"]] = qst
     size = len(c.state_names)

@@ -4,6 +4,12 @@ Definitions (all over the run, from t = 0):
 - ``tb_purity_pct``: Tb / (Dy + Tb + Nd + Pr) in the cascade raffinate collected (REO basis, as
   rare-earth purity is quoted in trade); ``tb_purity_final_pct`` is the instantaneous value at
   the end. ``dy_purity_pct`` likewise for Dy in the strip liquor.
+- Product quality over time (``ProductQuality``, booked after every synchronisation step from the
+  product collected in that step, Δn = n_outlet(t + dt) − n_outlet(t), REO basis like the mean):
+  ``<p>_purity_min_pct`` the worst step, ``<p>_off_spec_h`` the time and ``<p>_off_spec_kg`` the
+  element (kg Tb in the Tb product, kg Dy in the Dy product) collected in steps below
+  ``<p>_purity_spec_pct`` (``PRODUCT_SPECS``: 99.5 % for both, the Tb purity alarm's L limit; a
+  mean above the spec can hide hours below it). Steps that collect no rare earth are skipped.
 - ``tb_recovery_pct``: Tb leaving in the raffinate / Tb leaving the cascade (raffinate + strip);
   ``dy_recovery_pct``: Dy in the strip / Dy leaving the cascade.
 - ``adsorption_hree_recovery_pct``: 1 − (Dy+Tb lost to raffinate, wash and regenerant)/(Dy+Tb fed);
@@ -21,11 +27,15 @@ import numpy as np
 
 from pilot_config.base import FARADAY_C_PER_MOL, MOLAR_MASS_G_PER_MOL, REJECTED, SPECIES
 
+from .extraction import reo_purity
+
 if TYPE_CHECKING:  # pragma: no cover
     from .plant import TwinPlant
 
 IDX = {s: i for i, s in enumerate(SPECIES)}
 REE = ("Dy", "Tb", "Nd", "Pr")
+#: product -> (cascade outlet, element, minimum purity %, REO basis)
+PRODUCT_SPECS: dict[str, tuple[str, str, float]] = {"tb": ("raffinate", "Tb", 99.5), "dy": ("strip", "Dy", 99.5)}
 
 
 def _pct(num: float, den: float) -> float | None:
@@ -33,7 +43,47 @@ def _pct(num: float, den: float) -> float | None:
 
 
 def _purity(n: np.ndarray, sp: str) -> float | None:
-    return _pct(n[IDX[sp]], sum(n[IDX[s]] for s in REE))
+    """REO-basis purity in % of the collected amounts ``n`` (mol per species), None if none."""
+    if sum(n[IDX[s]] for s in REE) <= 0:
+        return None
+    return 100.0 * reo_purity(n, sp)
+
+
+class ProductQuality:
+    """Worst purity, time and amount off spec of each cascade product, step by step (see above)."""
+
+    def __init__(self, line, specs: dict[str, tuple[str, str, float]] = PRODUCT_SPECS):
+        self.block = line.flowsheet.blocks[line.extraction]
+        self.specs = specs
+        self.last = {name: self._collected(outlet) for name, (outlet, _, _) in specs.items()}
+        self.worst = dict.fromkeys(specs, np.inf)
+        self.off_s = dict.fromkeys(specs, 0.0)
+        self.off_mol = dict.fromkeys(specs, 0.0)
+
+    def _collected(self, outlet: str) -> np.ndarray:
+        return self.block.cumulative(outlet, SPECIES)[1 : 1 + len(SPECIES)]
+
+    def after_step(self, dt: float) -> None:
+        for name, (outlet, element, spec) in self.specs.items():
+            now = self._collected(outlet)
+            step, self.last[name] = now - self.last[name], now
+            if sum(step[IDX[s]] for s in REE) <= 1e-12:
+                continue
+            purity = 100.0 * reo_purity(step, element)
+            self.worst[name] = min(self.worst[name], purity)
+            if purity < spec:
+                self.off_s[name] += dt
+                self.off_mol[name] += float(step[IDX[element]])
+
+    def kpis(self) -> dict:
+        out: dict = {}
+        for name, (_, element, spec) in self.specs.items():
+            worst = self.worst[name]
+            out[f"{name}_purity_min_pct"] = float(worst) if np.isfinite(worst) else None
+            out[f"{name}_purity_spec_pct"] = spec
+            out[f"{name}_off_spec_h"] = self.off_s[name] / 3600.0
+            out[f"{name}_off_spec_kg"] = self.off_mol[name] * MOLAR_MASS_G_PER_MOL[element] / 1000.0
+        return out
 
 
 def compute_kpis(plant: "TwinPlant") -> dict:
@@ -49,6 +99,7 @@ def compute_kpis(plant: "TwinPlant") -> dict:
         "tb_purity_pct": _purity(raff, "Tb"),
         "tb_purity_final_pct": 100.0 * sx.y[sx.output_index["tb_purity"]],
         "dy_purity_pct": _purity(strip, "Dy"),
+        **plant.quality.kpis(),
         "tb_recovery_pct": _pct(raff[IDX["Tb"]], raff[IDX["Tb"]] + strip[IDX["Tb"]]),
         "dy_recovery_pct": _pct(strip[IDX["Dy"]], raff[IDX["Dy"]] + strip[IDX["Dy"]]),
         "tb_product_kg": raff[IDX["Tb"]] * MOLAR_MASS_G_PER_MOL["Tb"] / 1000.0,

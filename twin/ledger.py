@@ -2,10 +2,15 @@
 
 For each element e (mol):
 
-    in_e  = ∫ Q_feed c_feed,e dt  (+ Tb salt additions to the cells)
-    out_e = carousel raffinate + wash + regenerant, cascade raffinate + strip liquor,
-            distilled metal product
+    in_e  = ∫ Q_feed c_feed,e dt  (+ Tb salt additions to the cells) + upset_e
+    out_e = carousel raffinate + wash + regenerant, cascade raffinate (with the organic entrained
+            into it) + strip liquor, distilled metal product
     error_e = (in_e − out_e − (held_e(t) − held_e(0))) / in_e
+
+``upset_e``: material a malfunction lets into a unit past its feed meter (a feed swing upstream of
+the cascade: the unit sees its inputs scaled by s, ``input_scale``; negative when held back):
+
+    upset_e = Σ_steps (s_Q s_e − 1) Q c_e dt     over every stream into a unit with scaled inputs
 
 Inputs are held over each synchronisation step, so the inflow integral is exact; outflows are
 the units' own ``cum_<outlet>_<species>`` states. ``error_e`` is therefore the integration error
@@ -30,6 +35,7 @@ class Ledger:
         self._feed_conc = np.array([ads.input_index[f"feed_{s}"] for s in SPECIES])
         self.feed_in = np.zeros(len(SPECIES))
         self.salt_in = np.zeros(len(SPECIES))
+        self.upset_in = np.zeros(len(SPECIES))
         self.product_out = np.zeros(len(SPECIES))
         self.held0 = self.held()
         self.out0 = self.unit_outflows()
@@ -41,6 +47,21 @@ class Ledger:
         for name in self.line.cells:
             cell = self.line.flowsheet.blocks[name]
             self.salt_in[TB] += cell.u[cell.input_index["salt_feed_rate"]] * dt
+
+    def after_step(self, dt: float) -> None:
+        """Book what entered units with scaled inputs over the step just taken (``upset_in``)."""
+        fs = self.line.flowsheet
+        for c in fs.connections:
+            block = fs.blocks[c.dst]
+            scale = getattr(block.unit, "input_scale", None)
+            if scale is None:
+                continue
+            ii, u = block.input_index, block.u
+            q = ii[f"{c.prefix}_flow"]
+            for k, sp in enumerate(SPECIES):
+                i = ii.get(f"{c.prefix}_{sp}")
+                if i is not None:
+                    self.upset_in[k] += (scale[q] * scale[i] - 1.0) * u[q] * u[i] * dt
 
     def add_salt(self, tb_mol: float) -> None:
         self.salt_in[TB] += tb_mol
@@ -64,7 +85,7 @@ class Ledger:
 
     def totals(self) -> dict[str, np.ndarray]:
         return {
-            "in": self.feed_in + self.salt_in,
+            "in": self.feed_in + self.salt_in + self.upset_in,
             "out": self.unit_outflows() - self.out0 + self.product_out,
             "held_change": self.held() - self.held0,
         }

@@ -13,10 +13,10 @@ applies it to the step that follows (so a fault acts on the synchronisation grid
 |---|---|---|---|
 | ``feed_swing`` | ``cascade`` (eluate into the SX) or ``leach`` (carousel feed) | Dy/Tb ratio × (1 + sℓ): Dy × √(1+sℓ), Tb ÷ √(1+sℓ) | SX.RAFF.Dy up, SX.TB_PURITY down |
 | ``extractant_degradation`` | ``extraction`` | f_HA × (1 − sℓ) (``CascadeParams.extractant_factor``) | Tb purity falls slowly |
-| ``crud_entrainment`` | ``extraction`` | k·a × (1 − sℓ), settler organic hold-up × (1 − sℓ/2) (organic lost to the raffinate) | organic inventory falls, purity falls |
+| ``crud_entrainment`` | ``extraction`` | k·a × (1 − sℓ), settler interface free of crud f_clear × (1 − sℓ): organic entrained into the raffinate at φ_crud(1 − f_clear) of its flow, with its metal (``twin.extraction``) | SX.RAFF.ORG (ppm) up, organic inventory falls, purity falls |
 | ``adsorbent_fouling`` | ``col<k>`` | capacity × (1 − sℓ), ΔP × (1 + 24sℓ) | ADS.COL<k>.DP high, earlier breakthrough |
 | ``anode_effect`` | cell name | critical anode current density × (1 − sℓ) | CELL.ANODE_EFFECT, voltage high |
-| ``heater_failure`` | cell name | heater power available × (1 − sℓ) | heater power low, melt temperature falls |
+| ``heater_failure`` | cell name | heater power available × (1 − sℓ) | heater power low, melt temperature falls; long and severe: the Zn cathode freezes (419.5 °C, CE → 0), then the melt (arrest at the liquidus), CELL.V_LIMIT and the current collapses; thaws when the heater is back |
 | ``electrolyte_contamination`` | cell name | current efficiency ceiling η_max × (1 − sℓ) | salt make-up (deposition) falls |
 | ``pump_trip`` | a writable pump tag (``SX.ORG.FLOW_SP``) | the pump's flow × (1 − sℓ), writes to it refused while tripped | flow to zero |
 | ``frozen_value`` | tag | the reading stops at its value at onset (quality stays GOOD) | a flat line; ``<TAG>.STUCK`` where configured |
@@ -28,8 +28,10 @@ applies it to the step that follows (so a fault acts on the synchronisation grid
 Cost: nothing is hooked into the plant until a malfunction is injected (the tag layer checks two
 empty dicts per snapshot/write). Parameter faults replace a block's frozen parameter dataclass
 (``dataclasses.replace``) from the baseline, so several faults on one block compose by product.
-A feed swing on the cascade scales the feed inputs the cascade sees (a wrapped unit): the ledger
-then books the difference as a residual, as for any material entering outside the feed meter.
+A feed swing on the cascade scales the feed inputs the cascade sees (a wrapped unit): material
+entering (or held back) upstream of the cascade, outside the feed meter, which the ledger books as a
+source of its own (``Ledger.upset_in``). Every fault keeps the line's element balance closed
+(tests/test_malfunction_balance.py).
 Noise draws come from a generator seeded by (plant seed, injection number): a replayed session
 draws the same noise.
 """
@@ -102,18 +104,18 @@ class _ScaledInputs:
     """A unit that sees some of its inputs scaled (a disturbance upstream of its meters)."""
 
     def __init__(self, inner, scale: np.ndarray):
-        self.inner, self.scale = inner, scale
+        self.inner, self.input_scale = inner, scale
         if hasattr(inner, "jacobian"):
-            self.jacobian = lambda t, x, u, p: inner.jacobian(t, x, u * self.scale, p)
+            self.jacobian = lambda t, x, u, p: inner.jacobian(t, x, u * self.input_scale, p)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
     def derivatives(self, t, x, u, p):
-        return self.inner.derivatives(t, x, u * self.scale, p)
+        return self.inner.derivatives(t, x, u * self.input_scale, p)
 
     def outputs(self, t, x, u, p):
-        return self.inner.outputs(t, x, u * self.scale, p)
+        return self.inner.outputs(t, x, u * self.input_scale, p)
 
 
 @dataclasses.dataclass
@@ -221,7 +223,7 @@ def _cascade_fault(plant: TwinPlant, m: Malfunction, fid: int):
 
     def crud(level):
         fb.set_param(fid, m.target, "mass_transfer", None, 1.0 - s * level)
-        fb.set_param(fid, m.target, "v_org_settler", None, 1.0 - 0.5 * s * level)
+        fb.set_param(fid, m.target, "interface_clear", None, 1.0 - s * level)
     return crud
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from .signals import MEASUREMENTS, Point
 
@@ -60,6 +60,33 @@ class FreshSamples:
             if last.get(key) != s.source_time:
                 last[key] = s.source_time
                 out[name] = s
+        return out
+
+
+class FreshPoints:
+    """The same rule on built points, for a store that keeps every row it is given: a ``process``
+    point of a sample already passed (same session, tag, status and source time) is dropped; every
+    other measurement passes."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str, int], float] = {}
+
+    def seen(self) -> dict[tuple[str, str, int], float]:
+        """What has passed so far (for ``forget_since`` when a write fails)."""
+        return dict(self._last)
+
+    def forget_since(self, seen: dict[tuple[str, str, int], float]) -> None:
+        self._last = dict(seen)
+
+    def __call__(self, points: Sequence[Point]) -> list[Point]:
+        last, out = self._last, []
+        for p in points:
+            if p.measurement == "process":
+                key = (p.session, p.tag, p.status)
+                if last.get(key) == p.time_s:
+                    continue
+                last[key] = p.time_s
+            out.append(p)
         return out
 
 
@@ -125,6 +152,7 @@ __all__ = [
     "ALARM_STATE_CODES",
     "FIELD",
     "MEASUREMENTS",
+    "FreshPoints",
     "FreshSamples",
     "alarm_point",
     "alarm_state_points",

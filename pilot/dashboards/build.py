@@ -178,9 +178,10 @@ def extraction(config) -> dict:
                              "SX.ORG.INVENTORY")
     panels = [m.row("stage profiles"), profile, _process("stage pH over time", stages, tags, w=12),
               m.row("assays and purity"),
-              _process("raffinate", _names(tags, prefix="SX.RAFF."), tags, w=8),
+              _process("raffinate", _names(tags, prefix="SX.RAFF.", unit="mg/L"), tags, w=8),
               _process("strip liquor", _names(tags, prefix="SX.STRIP.", unit="mg/L"), tags, w=8),
               purity, m.row("flows"),
+              _process("organic entrained in the raffinate", _names(tags, prefix="SX.RAFF.", unit="ppm"), tags, w=8),
               _process("flows PV / SP", _names(tags, contains="FLOW"), tags, w=8),
               _process("acid setpoints", _names(tags, contains="ACID_SP"), tags, w=8, step=True),
               inventory]

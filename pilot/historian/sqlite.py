@@ -12,7 +12,9 @@ Schema (same measurements and tags as the InfluxDB sinks, see ``base.py``)::
     CREATE INDEX points_tag_time ON points (tag, time_s);
 
 A store written before ``text``, ``status`` or ``run`` existed still opens: the columns are added
-on ``open()``. Written in batches inside one transaction each (WAL journal, ``synchronous=FULL``:
+on ``open()``. A ``process`` sample is stored once
+(``twin.points.FreshPoints``: an analyser's assay passed again at every scan, same source time, is
+not a new row). Written in batches inside one transaction each (WAL journal, ``synchronous=FULL``:
 a batch the sink confirmed survives a power cut), read back with ``read_series`` and
 ``read_points`` (a NULL value reads as NaN). Any SQLite tool opens it: ``sqlite3 DIR/history.sqlite "select * from points
 where tag=..."``. The file is created owner-only (0600; SQLite gives its ``-wal`` and ``-shm``
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from twin.points import FreshPoints
 
 from ..secrets import private_file
 from .base import Point, SinkError
@@ -61,6 +65,7 @@ class SqliteSink:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
+        self._fresh = FreshPoints()  # a sample is one row, however often a writer passes it
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,13 +83,15 @@ class SqliteSink:
         non-finite value is stored as NULL."""
         if self._db is None:
             raise SinkError(f"{self.path}: write before open()")
+        seen = self._fresh.seen()
         rows = [(p.measurement, p.tag, p.unit, p.quality, p.session, p.time_s,
                  p.value if math.isfinite(p.value) else None, p.text, int(p.status),
-                 run if p.measurement in DERIVED else "") for p in points]
+                 run if p.measurement in DERIVED else "") for p in self._fresh(points)]
         try:
             with self._db:
                 self._db.executemany(f"INSERT INTO points ({_COLUMNS}, run) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
         except sqlite3.Error as exc:
+            self._fresh.forget_since(seen)  # not stored: the batch comes again (spool replay)
             raise SinkError(f"{self.path}: {exc}") from exc
 
     def flush(self) -> None:
