@@ -42,6 +42,20 @@ def _switch_lines(ax, events) -> None:
             ax.axvline(e.t / 3600.0, color="0.6", lw=0.8, ls=":")
 
 
+def _switch_readings(ax, t, v, events, delay_s: float) -> None:
+    """At each carousel switch, the analyser reading it acted on: the latest sample taken at
+    least the analyser delay before the switch (the PLC switches when the result arrives)."""
+    pts = []
+    for e in events:
+        if "carousel switch" in e.text:
+            k = int(np.searchsorted(t, (e.t - delay_s) / 3600.0 + 1e-9)) - 1
+            if k >= 0:
+                pts.append((t[k], v[k]))
+    if pts:
+        ts, vs = zip(*pts)
+        ax.plot(ts, vs, "v", color="k", ms=6, label="reading the switch acted on")
+
+
 def plot_adsorption(db: Path, config, events, path: Path) -> Path:
     fig, axes = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
     for name, unit, m in _tags_by_signal(config, r"adsorption\.(col\d+)\.outlet\.(Dy|Tb)"):
@@ -54,7 +68,9 @@ def plot_adsorption(db: Path, config, events, path: Path) -> Path:
         axes[1].plot(t, v, color="C3", label=f"lag outlet Dy+Tb, C/C0 ({unit})")
         limit = config.adsorption.breakthrough_limit_fraction
         scale, off = config.tag(name).conversion()
-        axes[1].axhline(scale * limit + off, color="k", ls="--", lw=0.8, label="switch limit")
+        axes[1].axhline(scale * limit + off, color="k", ls="--", lw=0.8, label=f"switch limit ({unit})")
+        _switch_readings(axes[1], t, v, events, config.tag(name).delay_s)
+    axes[1].set_ylabel("lag outlet C/C0")
     for ax in axes:
         _switch_lines(ax, events)
         ax.legend(fontsize=7, ncol=2)

@@ -47,10 +47,11 @@ def M(kind, target, **kw):
 def test_cell_faults_ce_drop_and_heater_failure(line):
     tr, raised, plant = run(line, [M("electrolyte_contamination", "cell1", ramp_s=1800, severity=0.4),
                                    M("heater_failure", "cell2", severity=0.7)],
-                            3.0, ["CELL1.SALT_FEED", "CELL2.HEATER", "CELL2.TEMP", "CELL1.TEMP"])
-    # contamination: deposition (hence the make-up feeder) falls; the melt stays in its window
-    assert tr["CELL1.SALT_FEED"][:25].mean() > 240 and tr["CELL1.SALT_FEED"][-30:].mean() < 170
-    assert "CELL1.SALT_FEED.LO" in raised and 1800 + 600 <= raised["CELL1.SALT_FEED.LO"] <= 3 * 3600
+                            5.0, ["CELL1.SALT_FEED", "CELL2.HEATER", "CELL2.TEMP", "CELL1.TEMP"])
+    # contamination: deposition falls; the make-up feeder follows as the salt analyser (1 h period,
+    # 30 min delay) reports the Tb the feed-forward over-feeds; the melt stays in its window
+    assert tr["CELL1.SALT_FEED"][:25].mean() > 240 and tr["CELL1.SALT_FEED"][-30:].mean() < 175
+    assert "CELL1.SALT_FEED.LO" in raised and 1800 + 600 <= raised["CELL1.SALT_FEED.LO"] <= 5 * 3600
     assert plant.signal("cell1.current_efficiency") < 0.6
     # heater failure: heater power capped, the melt cools through its low limit
     assert tr["CELL2.HEATER"][-1] < 0.6 * tr["CELL2.HEATER"][:25].mean()  # 30 % of 5 kW
@@ -102,8 +103,10 @@ def test_pump_trip_and_crud(line):
     assert plant.write({"SX.ORG.FLOW_SP": 30.0}).ok
     _, raised, _ = run(line, [m], 0.75, [])
     assert {"SX.ORG.FLOW.LO", "SX.ORG.FLOW.LL"} <= set(raised)
-    tr, raised, _ = run(line, [M("crud_entrainment", "extraction", ramp_s=1200, severity=0.8)], 1.2,
-                        ["SX.ORG.INVENTORY"])
+    # entrained at 0.8 φ_crud = 20 % of the raffinate flow: about 5.8 L/h of organic out of the loop
+    tr, raised, _ = run(line, [M("crud_entrainment", "extraction", ramp_s=1200, severity=0.8)], 1.7,
+                        ["SX.ORG.INVENTORY", "SX.RAFF.ORG"])
+    assert tr["SX.RAFF.ORG"][:25].max() < 20 < 100_000 < tr["SX.RAFF.ORG"][-1]
     assert tr["SX.ORG.INVENTORY"][-1] < tr["SX.ORG.INVENTORY"][:25].mean() - 4
     assert "SX.ORG.INVENTORY.LO" in raised
 
@@ -116,8 +119,11 @@ def test_signal_faults(line):
     frozen = tr["CELL1.TEMP"][30:]
     assert np.all(frozen == frozen[0]) and np.std(tr["CELL1.TEMP"][:29]) > 0.1
     assert 1800 < raised["CELL1.TEMP.STUCK"] <= 1800 + 11 * 60  # ten fresh samples without noise
-    assert plant.signal("cell2.temperature") > 540 and tr["CELL2.TEMP"][-1] < 480
-    assert "CELL2.TEMP.LO" in raised and "CELL2.TEMP.LL" in raised
+    # the drifting thermocouple is the heater loop's: the PLC holds the reading near its setpoint,
+    # so the melt overheats by the drift, unseen, while the reading's dip is predicted low
+    assert plant.signal("cell2.temperature") - 273.15 > 620
+    assert plant.signal("cell2.temperature") - 273.15 - tr["CELL2.TEMP"][-1] == pytest.approx(100.0, abs=3.0)
+    assert "CELL2.TEMP.PRED_LO" in raised
     assert np.std(tr["ADS.COL1.DP"][31:50]) > 10 * np.std(tr["ADS.COL1.DP"][:29])
     assert "TANK.LEVEL.BADPV" in raised and "SX.TB_PURITY.BADPV" in raised
     snap = plant.snapshot()

@@ -4,6 +4,8 @@ Measured value of a sensor tag at a scan: ``eng = scale·si + offset + N(0, nois
 once per synchronisation step from the plant's seeded generator (so a run is reproducible).
 An analyser samples every ``period_s`` and reports the sampled value ``delay_s`` later, with its
 source timestamp at the *sample* time (that is what the estimator needs).
+The PLC sequences (``twin.sequences``) act on ``reading``: the same reported sample a client
+sees, never the signal behind it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,16 @@ from pilot_config.tags import Tag
 
 from .flowsheet import Flowsheet
 from .signals import Quality, Sample, WriteResult
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One instrument reading as a PLC sequence uses it."""
+
+    si: float  # SI (the twin signal's unit)
+    eng: float  # engineering unit of the tag
+    unit: str
+    sample_t: float  # plant time of the sample (s)
 
 
 class UnknownSignalError(KeyError):
@@ -118,6 +130,24 @@ class TagLayer:
     def sample(self, name: str) -> Sample | None:
         """The latest sample of one tag, before signal faults."""
         return self._analysers.get(name) or self._scan.get(name)
+
+    def reading(self, name: str) -> Reading | None:
+        """What a PLC sequence sees of one instrument: its latest sample as reported (noise,
+        period, delay, quality override, signal fault), in SI and in its engineering unit, with
+        the plant time it was *sampled* at; None before the first report or while it is BAD."""
+        s = self.sample(name)
+        if s is None:
+            return None
+        q = self.quality_override.get(name)
+        if q is not None:
+            s = Sample(s.value, s.source_time, q)
+        fault = self.signal_faults.get(name) if self.signal_faults else None
+        if fault is not None:
+            s = fault.apply(s)
+        if s.quality == Quality.BAD:
+            return None
+        b = self.bound[name]
+        return Reading((s.value - b.offset) / b.scale, s.value, b.tag.unit, s.source_time - self.epoch_s)
 
     def write(self, values: Mapping[str, float]) -> WriteResult:
         accepted, refused = [], {}

@@ -1,24 +1,38 @@
 """Discrete-event logic of the plant, as SimPy processes (what the PLC sequences do).
 
-- ``carousel``: when the lag column's outlet Dy+Tb reaches the switch limit (C/C0) and a
-  regenerated column stands by, the lead goes off line (wash → elute → regenerate → standby),
-  the lag becomes lead and the standby column becomes lag.
-- ``cell_supervisor``: per cell, each scan: temperature PI on the heater power, salt make-up
-  (proportional on the salt Tb content) and the tap of the liquid-alloy cathode when its Tb
-  content reaches the tap grade. In *remote* (``plc.<cell>.remote`` ≥ 0.5, tag ``<CELL>.REMOTE``)
-  the heater power and the salt feeder are left to whatever was written to them (the actuator
-  tags ``<CELL>.HEATER_SP`` / ``<CELL>.SALT_FEED_SP``, e.g. by the MPC); the PI integral tracks the
+A PLC acts only on what it measures: every decision below reads an instrument bound in the
+config (``sequences`` in pilot_config: a sensor or analyser tag) through ``TagLayer.reading``,
+the same reported sample a client sees (noise, scan or sampling period, reporting delay,
+quality, signal faults), and compares it with the PLC's own setpoints (``plc.*``). A reading
+whose sample was taken before the sequence's last action (a switch, a tap, a phase change) is
+stale for that decision and is not acted on; a BAD reading holds the decision.
+
+- ``carousel``: when the lag-outlet instrument reports Dy+Tb C/C0 at or above the switch limit
+  and a regenerated column stands by, the lead goes off line (wash → elute → regenerate →
+  standby), the lag becomes lead and the standby column becomes lag. With an analyser of period
+  P and delay D the switch comes D (plus at most P, plus one scan) after the true lag outlet
+  crosses the limit, so the lag lets through what passes during that time.
+- ``cell_supervisor``: per cell, each scan: temperature PI on the heater power (measured melt
+  temperature), salt make-up ``ṅ = ṅ_ff·(1 + g·(w_sp − w_meas)/w_sp)`` with the PLC-computed
+  feed-forward ``ṅ_ff = I_meas·η_ff/(3F)`` (Faraday on the measured current at the declared
+  efficiency), and the tap of the liquid-alloy cathode when the cathode analyser reports the tap
+  grade. In *remote* (``plc.<cell>.remote`` ≥ 0.5, tag ``<CELL>.REMOTE``) the heater power and
+  the salt feeder are left to whatever was written to them (the actuator tags
+  ``<CELL>.HEATER_SP`` / ``<CELL>.SALT_FEED_SP``, e.g. by the MPC); the PI integral tracks the
   heater power meanwhile, so going back to local is bumpless. The tap stays with the supervisor.
 - ``distillation_batches``: tapped alloy waits in a transfer crucible; each batch is charged,
-  heated, held until the residual alloy metal is below spec, cooled and discharged.
+  heated (until the measured temperature is within 2 K of the hold), held until the measured
+  residual alloy metal is below spec, cooled and discharged.
 - ``analyser``: sample every period, report ``delay`` later with the sample's time stamp.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
 
 import numpy as np
+
+from pilot_config.base import FARADAY_C_PER_MOL
 
 from .adsorption import (
     ROLE_ELUTE,
@@ -30,48 +44,71 @@ from .adsorption import (
     next_roles,
     offline_phases,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .plant import TwinPlant
+from .distillation import (
+    PHASE_COOL,
+    PHASE_HEAT,
+    PHASE_HOLD,
+    PHASE_IDLE,
+    charge,
+    discharge,
+    phase_complete,
+)
+from .electrolysis import tap
+from .sensors import Reading
+from .sequence_host import SequenceHost
 
 ROLE_NAMES = {ROLE_STANDBY: "standby", ROLE_LEAD: "lead", ROLE_LAG: "lag", ROLE_WASH: "wash",
               ROLE_ELUTE: "elute", ROLE_REGENERATE: "regenerate"}
+N_E = 3.0  # electrons per Tb
 
 
-def _roles(plant: "TwinPlant") -> list[int]:
+def _roles(plant: SequenceHost) -> list[int]:
     blk = plant.flowsheet.blocks[plant.line.adsorption]
     return [int(round(blk.u[blk.input_index[f"role_{k}"]])) for k in range(1, plant.line.n_columns + 1)]
 
 
-def _set_role(plant: "TwinPlant", k: int, role: int) -> None:
+def _set_role(plant: SequenceHost, k: int, role: int) -> None:
     blk = plant.flowsheet.blocks[plant.line.adsorption]
     blk.set_input(f"role_{k}", float(role))
     blk.refresh(plant.t)
 
 
-def carousel(plant: "TwinPlant"):
+def _fresh(r: Reading | None, since: float) -> bool:
+    """A reading sampled after ``since`` (plant s)."""
+    return r is not None and r.sample_t > since
+
+
+def _shown(r: Reading) -> str:
+    return f"{r.eng:.3g} {r.unit}"
+
+
+def carousel(plant: SequenceHost):
     cfg = plant.config.adsorption
-    blk = plant.flowsheet.blocks[plant.line.adsorption]
     plc = plant.flowsheet.blocks["plc"]
-    i_bt = blk.output_index["lag_breakthrough"]
+    tag = plant.config.sequences.carousel.lag_breakthrough
     i_limit = plc.input_index["breakthrough_limit"]
+    last_switch = -math.inf
     while True:
         yield plant.step_event
-        roles = _roles(plant)
-        if blk.y[i_bt] < plc.u[i_limit] or ROLE_STANDBY not in roles:
+        r = plant.tags.reading(tag)
+        if not _fresh(r, last_switch) or r.si < plc.u[i_limit]:
             continue
-        breakthrough = blk.y[i_bt]
+        roles = _roles(plant)
+        if ROLE_STANDBY not in roles:
+            continue
         new = next_roles(roles)
         for k, (old, role) in enumerate(zip(roles, new), start=1):
             if old != role:
                 _set_role(plant, k, role)
+        last_switch = plant.t
         lead = roles.index(ROLE_LEAD) + 1
         plant.log("adsorption", f"carousel switch: col{lead} off line, col{new.index(ROLE_LEAD) + 1} lead, "
-                                f"col{new.index(ROLE_LAG) + 1} lag (lag outlet C/C0 {breakthrough:.3f})")
+                                f"col{new.index(ROLE_LAG) + 1} lag (lag outlet C/C0 {_shown(r)} on {tag}, "
+                                f"sampled {(plant.t - r.sample_t) / 60.0:.0f} min before)")
         plant.env.process(_offline(plant, lead, cfg))
 
 
-def _offline(plant: "TwinPlant", k: int, cfg):
+def _offline(plant: SequenceHost, k: int, cfg):
     blk = plant.flowsheet.blocks[plant.line.adsorption]
     for role, seconds in offline_phases(blk.p):
         _set_role(plant, k, role)
@@ -80,50 +117,60 @@ def _offline(plant: "TwinPlant", k: int, cfg):
     plant.log("adsorption", f"col{k} regenerated, standing by")
 
 
-def cell_supervisor(plant: "TwinPlant", name: str):
-    from .electrolysis import tap
+def _local_control(plant: SequenceHost, name: str, integral: float) -> float:
+    """Heater PI and salt make-up on the measured values; returns the new PI integral. A BAD
+    instrument holds its output where it is."""
+    cell, plc = plant.flowsheet.blocks[name], plant.flowsheet.blocks["plc"]
+    ins, pi, tags = plant.config.sequences.cell(name), plant.line.heater_pi[name], plant.tags
+    temp = tags.reading(ins.temperature)
+    if temp is not None:
+        err = plc.u[plc.input_index[f"{name}.temperature_sp"]] - temp.si
+        integral = float(np.clip(integral + pi.ki * err * plant.dt, 0.0, pi.max_w))
+        cell.set_input("heater_power", float(np.clip(pi.kp * err + integral, 0.0, pi.max_w)))
+    current, salt = tags.reading(ins.current), tags.reading(ins.salt_tb)
+    if current is not None and salt is not None:
+        feed_forward = max(current.si, 0.0) * ins.feed_forward_efficiency / (N_E * FARADAY_C_PER_MOL)
+        w_sp = plc.u[plc.input_index[f"{name}.salt_tb_sp"]]
+        make_up = feed_forward * (1.0 + pi.salt_gain * (w_sp - salt.si) / w_sp)
+        cell.set_input("salt_feed_rate", float(max(make_up, 0.0)))
+    return integral
 
+
+def cell_supervisor(plant: SequenceHost, name: str):
     cell = plant.flowsheet.blocks[name]
     plc = plant.flowsheet.blocks["plc"]
-    p = cell.p
-    i_T = cell.output_index["temperature"]
-    i_salt = cell.output_index["salt_tb_fraction"]
-    i_cath = cell.output_index["cathode_tb_fraction"]
-    i_sp = plc.input_index[f"{name}.temperature_sp"]
-    i_salt_sp = plc.input_index[f"{name}.salt_tb_sp"]
+    ins = plant.config.sequences.cell(name)
     i_tap = plc.input_index[f"{name}.tap_fraction"]
     i_remote = plc.input_index[f"{name}.remote"]
     pi = plant.line.heater_pi[name]
-    integral = pi.bias
+    integral, last_tap = pi.bias, -math.inf
     while True:
         yield plant.step_event
         if plc.u[i_remote] >= 0.5:  # remote: heater and feeder as written
             integral = float(np.clip(cell.u[cell.input_index["heater_power"]], 0.0, pi.max_w))
         else:
-            err = plc.u[i_sp] - cell.y[i_T]
-            integral = float(np.clip(integral + pi.ki * err * plant.dt, 0.0, pi.max_w))
-            cell.set_input("heater_power", float(np.clip(pi.kp * err + integral, 0.0, pi.max_w)))
-            nominal = cell.y[cell.output_index["deposition_rate"]]
-            make_up = nominal * (1.0 + pi.salt_gain * (plc.u[i_salt_sp] - cell.y[i_salt]) / plc.u[i_salt_sp])
-            cell.set_input("salt_feed_rate", float(max(make_up, 0.0)))
-        if cell.y[i_cath] >= plc.u[i_tap]:
-            cell.x, tb_mol, metal_mol = tap(cell.x, p)
+            integral = _local_control(plant, name, integral)
+        grade = plant.tags.reading(ins.cathode_tb)
+        if _fresh(grade, last_tap) and grade.si >= plc.u[i_tap]:
+            cell.x, tb_mol, metal_mol = tap(cell.x, cell.p)
             cell.refresh(plant.t)
+            last_tap = plant.t
             plant.line.alloy_waiting.append((tb_mol, metal_mol))
-            plant.log(name, f"tapped {tb_mol * 0.158925:.2f} kg Tb in {metal_mol * plant.line.alloy_molar_mass:.1f} kg alloy")
+            plant.log(name, f"tapped {tb_mol * 0.158925:.2f} kg Tb in {metal_mol * plant.line.alloy_molar_mass:.1f} kg "
+                            f"alloy (cathode grade {_shown(grade)} on {ins.cathode_tb})")
 
 
-def distillation_batches(plant: "TwinPlant"):
-    from .distillation import (
-        PHASE_COOL,
-        PHASE_HEAT,
-        PHASE_HOLD,
-        PHASE_IDLE,
-        charge,
-        discharge,
-        phase_complete,
-    )
+def _phase_done(plant: SequenceHost, phase: int, started: float, p) -> bool:
+    """The phase's end condition on the measured (temperature, residual metal), from scans
+    taken after the phase began."""
+    ins = plant.config.sequences.distillation
+    temp, residual = plant.tags.reading(ins.temperature), plant.tags.reading(ins.residual_metal)
+    if not (_fresh(temp, started) and _fresh(residual, started)):
+        return False
+    return phase_complete(phase, np.array([temp.si, residual.si]), p)  # (the block's output order)
 
+
+def distillation_batches(plant: SequenceHost):
     name = plant.line.distillation
     blk = plant.flowsheet.blocks[name]
     while True:
@@ -136,7 +183,7 @@ def distillation_batches(plant: "TwinPlant"):
             blk.set_input("phase", float(phase))
             blk.refresh(plant.t)
             started = plant.t
-            while not phase_complete(phase, blk.y, blk.p):
+            while not _phase_done(plant, phase, started, blk.p):
                 if phase == PHASE_HOLD and plant.t - started > blk.p.max_hold_s:
                     plant.log(name, "hold time-out: residual metal above spec")
                     break
@@ -148,7 +195,7 @@ def distillation_batches(plant: "TwinPlant"):
         plant.log(name, f"batch discharged: {product_tb * 0.158925:.2f} kg Tb metal")
 
 
-def analyser(plant: "TwinPlant", name: str):
+def analyser(plant: SequenceHost, name: str):
     tag = plant.tags.bound[name].tag
     plant.tags.report_analyser(name, plant.tags.measure(name), plant.t)
     while True:
@@ -157,7 +204,7 @@ def analyser(plant: "TwinPlant", name: str):
         plant.env.process(_report(plant, name, value, t_sample, tag.delay_s))
 
 
-def _report(plant: "TwinPlant", name: str, value: float, t_sample: float, delay_s: float):
+def _report(plant: SequenceHost, name: str, value: float, t_sample: float, delay_s: float):
     if delay_s > 0:
         yield plant.after(delay_s)
     plant.tags.report_analyser(name, value, t_sample)
