@@ -11,6 +11,16 @@ Sources of the shipped defaults:
   point at 1184 K (907 °C; handbook 1180 K). B·R = 117 kJ/mol, the enthalpy of vaporisation.
 - Liquid Zn heat capacity ≈ 32–33 J/(mol K) (Grønvold & Stølen, Thermochim. Acta 395 (2002) 127).
 - LiCl–KCl eutectic (58.5:41.5 mol %, 55.7 g/mol, liquidus 352 °C, ~1.6–1.7 g/cm3 at 500 °C).
+- Its enthalpy of fusion: 11.8 kJ/mol at the eutectic (0.587 LiCl, 354.4 °C) by DSC (Korin & Soifer,
+  J. Therm. Anal. 50 (1997) 347), i.e. 212 kJ/kg at 55.74 g/mol. The freezing range below the
+  liquidus (TbCl3 in the melt, temperature differences across the crucible), the residual
+  conductance of the frozen salt and the exponent of the conductance on the liquid fraction
+  (Bruggeman's 1.5 for a conducting phase among insulating grains) are assumptions (tune).
+- Enthalpies of fusion of the cathode metals (CRC Handbook, "Enthalpy of fusion"): Zn 7.068,
+  Mg 8.48, Cd 6.21 kJ/mol. The Tb alloyed (≤ 10 wt %, mostly as solid intermetallics above
+  saturation) is taken not to shift the freezing point of the pool (assumption).
+- Rectifier: a 10 V / 250 A DC supply for the pilot cell (assumption; the anode-effect voltage,
+  about 8.5 V at 150 A, stays below the limit).
 - Apparent standard potential of Tb(III)/Tb vs Cl2/Cl− in LiCl–KCl of about −3.0 V near
   500 °C, becoming less negative with temperature (order of magnitude of the emf data of
   Li et al., Electrochim. Acta 167 (2015) 139 on TbCl3 in LiCl–KCl) (tune).
@@ -31,6 +41,8 @@ from .base import StrictModel
 #: melting and normal boiling points of the liquid-cathode metals, degC (CRC Handbook)
 METAL_MELTING_C: dict[str, float] = {"Zn": 419.5, "Mg": 650.0, "Cd": 321.1}
 METAL_BOILING_C: dict[str, float] = {"Zn": 907.0, "Mg": 1090.0, "Cd": 767.0}
+#: enthalpies of fusion of the liquid-cathode metals, kJ/mol (CRC Handbook)
+METAL_FUSION_KJ_PER_MOL: dict[str, float] = {"Zn": 7.068, "Mg": 8.48, "Cd": 6.21}
 
 
 class ElectrolyteConfig(StrictModel):
@@ -41,8 +53,14 @@ class ElectrolyteConfig(StrictModel):
     melt_mass_kg: float = Field(50.0, gt=0, le=5000, description="salt charge, solvent + TbCl3")
     density_kg_per_m3: float = Field(1650.0, ge=1000, le=5000)
     cp_J_per_kg_K: float = Field(1200.0, ge=300, le=3000, description="(tune)")
-    liquidus_C: float = Field(352.0, ge=100, le=950, description="the window must stay above it")
+    liquidus_C: float = Field(352.0, ge=100, le=950, description="the window must stay above it; below it the melt freezes")
     initial_TbCl3_wt_pct: float = Field(5.0, gt=0, le=40, description="TbCl3 in the melt at start")
+    fusion_enthalpy_kJ_per_kg: float = Field(
+        212.0, gt=0, le=2000, description="latent heat of the melt (LiCl-KCl eutectic, Korin & Soifer 1997)")
+    freezing_range_K: float = Field(4.0, gt=0, le=50, description="the melt is solid this far below the liquidus (tune)")
+    solid_conductance_ratio: float = Field(
+        1e-5, gt=0, le=0.1, description="conductance of the frozen melt relative to the liquid (tune)")
+    conductance_exponent: float = Field(1.5, ge=1, le=4, description="g = g_solid + (1 − g_solid)·f^m")
 
 
 class LiquidCathodeConfig(StrictModel):
@@ -56,6 +74,8 @@ class LiquidCathodeConfig(StrictModel):
     tb_saturation_at_pct: float = Field(
         2.0, gt=0, le=50, description="above it Tb-metal intermetallics precipitate, a_Tb stays fixed (tune)")
     tap_Tb_wt_pct: float = Field(10.0, gt=0, le=60, description="alloy tapped to distillation at this grade")
+    freezing_range_K: float = Field(
+        1.0, gt=0, le=20, description="the pool is solid this far below the metal's melting point; frozen, it takes no Tb")
 
 
 class DecompositionConfig(StrictModel):
@@ -121,12 +141,20 @@ class AnodeEffectConfig(StrictModel):
 
 
 class CellThermalConfig(StrictModel):
-    """m·cp·dT/dt = I·(U − U_tn) + P_heater − UA·(T − T_amb)."""
+    """m·cp·dT/dt = I·(U − U_tn) + P_heater − UA·(T − T_amb) − latent heat of freezing (twin.electrolysis)."""
 
     UA_W_per_K: float = Field(5.0, gt=0, le=1000)
     vessel_heat_capacity_J_per_K: float = Field(20000.0, ge=0, le=1e8, description="crucible + cathode pool")
     ambient_C: float = Field(25.0, ge=-30, le=60)
     heater_max_W: float = Field(5000.0, gt=0, le=1e6)
+    phase_change_time_s: float = Field(
+        60.0, ge=1, le=3600, description="relaxation of the liquid fractions of salt and metal pool to equilibrium (tune)")
+
+
+class RectifierConfig(StrictModel):
+    """The DC supply: current-controlled up to its voltage limit, then voltage-limited."""
+
+    voltage_limit_V: float = Field(10.0, gt=1, le=100, description="compliance voltage of the rectifier")
 
 
 class SaltFeedConfig(StrictModel):
@@ -148,6 +176,7 @@ class CellConfig(StrictModel):
     efficiency: CurrentEfficiencyConfig = CurrentEfficiencyConfig()
     anode_effect: AnodeEffectConfig = AnodeEffectConfig()
     thermal: CellThermalConfig = CellThermalConfig()
+    rectifier: RectifierConfig = RectifierConfig()
     salt_feed: SaltFeedConfig = SaltFeedConfig()
 
     @model_validator(mode="after")
