@@ -408,15 +408,15 @@ async def _training_address_space(line, monkeypatch, snap) -> dict:
     url = f"opc.tcp://127.0.0.1:{free_port()}"
     stop, started = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(serve_training(session, url, speed=1.0, stop=stop, started=started,
-                                              restore=TrainingSession.restore))
+                                              restore=TrainingSession.restore, snapshot_dir=snap.parent))
     await asyncio.wait_for(started.wait(), 60)
     try:
         async with client(url, "eng", ENG_PW) as c:
             ns = await c.get_namespace_index(line.opcua.namespace_uri)
             out = await _address_space_changes(c, ns, ua.NodeId("Instructor.Freeze", ns))
             inst = c.get_node(ua.NodeId("Instructor", ns))
-            out["snapshot"] = await inst.call_method(ua.NodeId("Instructor.Snapshot", ns), str(snap))
-            out["restore"] = await inst.call_method(ua.NodeId("Instructor.Restore", ns), str(snap))  # injected
+            out["snapshot"] = await inst.call_method(ua.NodeId("Instructor.Snapshot", ns), snap.name)
+            out["restore"] = await inst.call_method(ua.NodeId("Instructor.Restore", ns), snap.name)  # injected
             return out
     finally:
         stop.set()
