@@ -5,8 +5,16 @@ responses with their points, the process specs (time out of spec is penalised) a
 spec (off-spec Tb product made is penalised), and declares what its shipped scripted trainee
 should achieve (``expected``), which the tests check by running it.
 
-    score = max(0, 100·Σ points of responses met / Σ points − Σ_spec min(max_penalty, penalty_per_min·minutes out)
-                    − min(off_spec.max_penalty, off_spec.penalty_per_kg·kg off-spec))
+    score = max(0, 100·Σ points of responses met / Σ points
+                   − Σ_spec min(max_penalty, penalty_per_min·minutes out)
+                   − off_spec.points · kg off-spec / kg produced in the session
+                   − min(unacknowledged.max_penalty, unacknowledged.points_per_alarm·alarms unacknowledged
+                         at the end + unacknowledged.points_per_min·Σ minutes each alarm stood unacknowledged))
+
+The off-spec term is relative to what the plant made over the session, so it means the same at a
+gram-scale pilot line as at a tonne-scale plant: 61 min off spec in a steady 2 h session costs about
+half of ``off_spec.points``. An alarm stands unacknowledged from its raise until it is acknowledged
+or shelved (or the session ends), whether or not it has returned to normal (ISA-18.2 state D).
 
 A response is timed from the first raise of ``after_alarm`` (or from ``after_s``, default the first
 malfunction's onset): ``acknowledge`` is met when that alarm is acknowledged within ``within_s``;
@@ -15,6 +23,8 @@ malfunction's onset): ``acknowledge`` is met when that alarm is acknowledged wit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +38,17 @@ from twin.malfunctions import Malfunction
 
 from .session import Action, InitialCondition, Tick, TrainingSession
 
-SCENARIO_DIR = Path(__file__).resolve().parents[2] / "scenarios"
+
+def shipped_scenario_dir() -> Path:
+    """The scenarios and scripted trainees shipped as package data (``pilot/training/scenarios``),
+    found through ``importlib.resources`` so an installed wheel finds them as a checkout does."""
+    root = resources.files(__package__) / "scenarios"
+    if not isinstance(root, Path):  # a zipped install: the files have no path to hand on
+        raise RuntimeError(f"the shipped scenarios {root} are not on a file system; install the package unzipped")
+    return root
+
+
+SCENARIO_DIR = shipped_scenario_dir()
 
 
 class Response(StrictModel):
@@ -63,8 +83,13 @@ class Spec(StrictModel):
 
 class OffSpec(StrictModel):
     tb_purity_min_percent: float = Field(99.5, ge=50, le=100, description="Tb product (SX raffinate) spec")
-    penalty_per_kg: float = Field(20.0, ge=0, le=1000)
-    max_penalty: float = Field(20.0, ge=0, le=100)
+    points: float = Field(20.0, ge=0, le=100, description="lost in full when all the session's product is off spec")
+
+
+class Unacknowledged(StrictModel):
+    points_per_alarm: float = Field(1.0, ge=0, le=100, description="per alarm still unacknowledged at the end")
+    points_per_min: float = Field(0.05, ge=0, le=100, description="per minute an alarm stood unacknowledged")
+    max_penalty: float = Field(15.0, ge=0, le=100)
 
 
 class ScriptedAction(StrictModel):
@@ -102,6 +127,7 @@ class Scenario(StrictModel):
     responses: list[Response] = Field(min_length=1)
     spec: list[Spec] = Field(default_factory=list)
     off_spec: OffSpec = OffSpec()
+    unacknowledged: Unacknowledged = Unacknowledged()
     plot_tags: list[str] = Field(default_factory=list)
     control: bool = Field(False, description="run the closed loop (estimators, MPC, guard) in the session")
     modes: dict[str, Literal["manual", "advisory", "auto"]] = Field(default_factory=dict,
@@ -123,24 +149,63 @@ def _alarm_ids(config) -> set[str]:
     return set(AlarmManager(config.control.alarms, config.tags).index)
 
 
-def load_scenario(path: Path | str) -> Scenario:
-    """A scenario file, or the name of a shipped one; ``FileNotFoundError`` when neither exists,
-    ``ConfigError`` listing every problem of an invalid file."""
+def scenario_dirs(extra: Sequence[Path | str] = ()) -> list[Path]:
+    """Where scenario and trainee names are looked up, first match wins: a trainer's own folders in
+    the order given, then the shipped scenarios."""
+    return [Path(d) for d in extra] + [SCENARIO_DIR]
+
+
+def find_scenario(name: Path | str, dirs: Sequence[Path | str] = ()) -> Path:
+    """The file of a scenario: ``name`` itself when it is a file, else ``<name>.yaml`` in a trainer's
+    folder (``dirs``) or among the shipped ones; ``FileNotFoundError`` when there is none."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if not str(name).endswith(".trainee"):
+        for d in scenario_dirs(dirs):
+            if (d / f"{name}.yaml").is_file():
+                return d / f"{name}.yaml"
+    raise FileNotFoundError(path)
+
+
+def load_scenario(path: Path | str, dirs: Sequence[Path | str] = ()) -> Scenario:
+    """A scenario file, or the name of one in ``dirs`` or shipped; ``FileNotFoundError`` when neither
+    exists, ``ConfigError`` listing every problem of an invalid file."""
+    return load_yaml(find_scenario(path, dirs), Scenario)
+
+
+def shipped_scenarios(dirs: Sequence[Path | str] = ()) -> list[Path]:
+    """Every scenario file, sorted by name: the shipped ones and those of a trainer's folders
+    (``dirs``), where a trainer's file hides a shipped one of the same name."""
+    found: dict[str, Path] = {}
+    for d in scenario_dirs(dirs):
+        for p in sorted(d.glob("*.yaml")):
+            if not p.name.endswith(".trainee.yaml"):
+                found.setdefault(p.stem, p)
+    return [found[k] for k in sorted(found)]
+
+
+def scenario_names(dirs: Sequence[Path | str] = ()) -> list[str]:
+    return [p.stem for p in shipped_scenarios(dirs)]
+
+
+def find_trainee(path: Path | str, dirs: Sequence[Path | str] = ()) -> Path:
+    """A scripted trainee file: ``path`` when it exists, else that file (or ``<path>.trainee.yaml``)
+    in a trainer's folder or among the shipped scenarios; ``path`` unchanged when there is none."""
     path = Path(path)
-    if not path.exists() and (SCENARIO_DIR / f"{path}.yaml").exists():
-        path = SCENARIO_DIR / f"{path}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(path)
-    return load_yaml(path, Scenario)
+    if path.exists() or path.is_absolute():
+        return path
+    for d in scenario_dirs(dirs):
+        for candidate in (d / path, d / f"{path}.trainee.yaml"):
+            if candidate.is_file():
+                return candidate
+    return path
 
 
-def shipped_scenarios() -> list[Path]:
-    return sorted(p for p in SCENARIO_DIR.glob("*.yaml") if not p.name.endswith(".trainee.yaml"))
-
-
-def load_trainee(path: Path | str) -> list[ScriptedAction]:
-    """A scripted trainee's actions (a YAML list); ``ConfigError`` listing every problem."""
-    return load_yaml(Path(path), _ACTIONS) or []
+def load_trainee(path: Path | str, dirs: Sequence[Path | str] = ()) -> list[ScriptedAction]:
+    """A scripted trainee's actions (a YAML list; a file, or one by name beside the scenarios, see
+    ``find_trainee``); ``ConfigError`` listing every problem, or naming a file not found."""
+    return load_yaml(find_trainee(path, dirs), _ACTIONS) or []
 
 
 _ACTIONS = TypeAdapter(list[ScriptedAction] | None)
@@ -205,11 +270,14 @@ class Recorder:
 
 def run_scenario(scenario: Scenario, config, *, trainee: list[ScriptedAction] | None = None,
                  seed: int | None = None, speed: float | None = None, session_id: str | None = None,
-                 on_tick=None, control: bool | None = None):
-    """Run a scenario to its end; returns (session, recorder)."""
+                 on_tick=None, control: bool | None = None, trainee_name: str = "", instructor: str = "",
+                 config_path: str | None = None):
+    """Run a scenario to its end; returns (session, recorder). ``trainee_name``, ``instructor`` and
+    ``config_path`` (the plant file) go into the training record of the report."""
     scenario.check(config)
     session = TrainingSession(config, initial=scenario.initial, seed=seed, session_id=session_id,
-                              control=scenario.control if control is None else control, modes=scenario.modes)
+                              control=scenario.control if control is None else control, modes=scenario.modes,
+                              trainee=trainee_name, instructor=instructor, config_path=config_path)
     for m in scenario.malfunctions:
         session.submit(Action(t=0.0, kind="inject", args={"malfunction": m.model_dump()}, by="scenario"))
     tags = list(dict.fromkeys([s.tag for s in scenario.spec] + [r.tag for r in scenario.responses if r.tag]

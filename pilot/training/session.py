@@ -14,6 +14,10 @@ SimPy's generator-based processes cannot be pickled, so a state snapshot would h
 every sequence's position by hand; the replay costs the plant's own speed (≈5,000× real time:
 a 2-hour session restores in ≈1.5 s) and needs nothing of the model internals. Freeze, resume and
 speed act on the wall clock only (``Pacer``) and are not journalled: they do not change the plant.
+
+A session also holds its training record's identity: ``trainee`` and ``instructor`` (plain fields,
+kept in snapshots; a trainee's acknowledgements are journalled under the trainee's name) and
+``started_utc``, the wall-clock start.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,6 +75,8 @@ class SessionSnapshot(StrictModel):
     journal: list[Action]
     pending: list[Action] = Field(default_factory=list, description="actions scheduled for later")
     label: str = ""
+    trainee: str = Field("", max_length=64, description="who is trained (the report's training record)")
+    instructor: str = Field("", max_length=64)
 
 
 @dataclass
@@ -105,11 +112,13 @@ class Pacer:
 class TrainingSession:
     def __init__(self, config, *, initial: InitialCondition = "steady_state", seed: int | None = None,
                  session_id: str | None = None, config_path: str | None = None, control: bool = False,
-                 modes: dict[str, str] | None = None):
+                 modes: dict[str, str] | None = None, trainee: str = "", instructor: str = ""):
         if initial not in INITIAL_CONDITIONS:
             raise ValueError(f"unknown initial condition {initial!r}; one of {sorted(INITIAL_CONDITIONS)}")
         self.config, self.config_path, self.initial = config, config_path, initial
         self.session_id = session_id or f"train-{uuid.uuid4().hex[:8]}"
+        self.trainee, self.instructor = trainee, instructor  # the training record: who, by whom, when
+        self.started_utc = datetime.now(timezone.utc)
         self.tc = config.training
         self.plant = TwinPlant(config, seed=seed, start="cold" if initial == "cold_start" else "design")
         self.seed = self.plant.seed  # the config's when not given
@@ -218,7 +227,7 @@ class TrainingSession:
 
     def _apply(self, a: Action):
         """Do the action; journal it only if it was valid (a bad alarm id or tag raises)."""
-        who = self.tc.operator if a.by == "trainee" else a.by
+        who = (self.trainee or self.tc.operator) if a.by == "trainee" else a.by
         if a.kind == "write":
             result = self.plant.write(a.args["values"])
         elif a.kind == "ack":
@@ -242,7 +251,8 @@ class TrainingSession:
         return SessionSnapshot(session_id=self.session_id, config_path=self.config_path,
                                config=self.config.model_dump(mode="json"), seed=self.seed,
                                initial=self.initial, control=self.control, modes=self.modes, t=self.t, journal=list(self.journal),
-                               pending=list(self._pending), label=label)
+                               pending=list(self._pending), label=label, trainee=self.trainee,
+                               instructor=self.instructor)
 
     def save(self, path: Path | str, label: str = "") -> Path:
         path = Path(path)
@@ -258,7 +268,8 @@ class TrainingSession:
             from pilot_config.plant import PilotLineConfig
             config = PilotLineConfig.model_validate(snap.config)
         s = cls(config, initial=snap.initial, seed=snap.seed, session_id=snap.session_id,
-                config_path=snap.config_path, control=snap.control, modes=snap.modes)
+                config_path=snap.config_path, control=snap.control, modes=snap.modes,
+                trainee=snap.trainee, instructor=snap.instructor)
         s.replay(snap.journal, snap.t)
         for a in snap.pending:
             s.submit(a)
