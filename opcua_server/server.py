@@ -2,8 +2,8 @@
 (``snapshot()``, ``write()``, ``unit_of()``, ``t``, ``advance()``; the TwinPlant in production).
 
 Scan: the plant advances in real time × ``speed`` on its synchronisation grid (``advance`` runs
-in a worker thread, a few grid steps at a time, under a lock that writes also take, so a write
-never lands in the middle of a physics step); after each advance every changed tag is pushed
+in a worker thread, a few grid steps at a time, or a served 1 s step on the loop's own thread, under
+a lock that writes also take, so a write never lands in the middle of a physics step); after each advance every changed tag is pushed
 with its SourceTimestamp = ``epoch_s + sample.source_time`` (the plant clock). Quality maps to
 StatusCode: GOOD -> Good, UNCERTAIN -> UncertainEngineeringUnitsExceeded, BAD -> BadSensorFailure
 (value Null, as OPC UA requires for a Bad value).
@@ -41,6 +41,7 @@ from .address_space import (
     build_address_space,
     install_fast_monitored_items,
 )
+from .identity import mark_as_twin
 from .server_security import ServerSecurity, role_of, secure_server
 from .tagmap import Role, TagMap, from_variant_value
 from .users import RoleUserManager
@@ -53,6 +54,7 @@ QUALITY_STATUS = {
     Quality.BAD: ua.StatusCodes.BadSensorFailure,
 }
 _ADMIN = User(role=UserRole.Admin)  # the server's own calls only: no client is ever Admin
+PUBLISH_EVERY_S = 1.0  # plant seconds: a served session's clients see a new scan at least this often
 
 
 def _status(sc: int) -> ua.StatusCode:
@@ -65,6 +67,14 @@ async def sleep_unless(stop: asyncio.Event, timeout_s: float) -> None:
         await asyncio.wait_for(stop.wait(), timeout=timeout_s)
     except TimeoutError:
         pass
+
+
+def chunk_steps(step_s: float, max_chunk_steps: int) -> int:
+    """Grid steps advanced between two publications: ``max_chunk_steps``, but at most
+    ``PUBLISH_EVERY_S`` of plant time for a step that short (and always one step)."""
+    if step_s > PUBLISH_EVERY_S:
+        return max_chunk_steps
+    return max(1, min(max_chunk_steps, int(math.floor(PUBLISH_EVERY_S / step_s + 1e-9))))
 
 
 class PlcServer:
@@ -104,6 +114,7 @@ class PlcServer:
         srv.set_endpoint(self.endpoint)
         srv.set_server_name(self.name)
         await secure_server(srv, self.security, call_allowed=lambda user: self._role(user) >= Role.ENGINEER)
+        await mark_as_twin(srv, self.name)  # what decides a run's target (identity.py)
         self.ns = await srv.register_namespace(self.tagmap.namespace_uri)
         snap = self.plant.snapshot()
         initial = {}
@@ -156,8 +167,17 @@ class PlcServer:
         await self._diag("WatchdogExpired", ua.Variant(expired, ua.VariantType.Boolean))
 
     async def advance(self, dt_s: float) -> None:
+        """Advance the plant by ``dt_s``: a served step (at most ``PUBLISH_EVERY_S``, a few ms of
+        CPU) on the event loop's own thread, longer advances in a worker thread. Measured with
+        scipy 1.17 on a served session at 1 s steps: RSS grows ~1.1 GiB per plant-hour when every
+        step runs in a worker thread, ~117 MiB on the loop's thread (the solvers leak per call, far
+        more in a thread)."""
         async with self.lock:
-            await asyncio.to_thread(self.plant.advance, dt_s)
+            if dt_s <= PUBLISH_EVERY_S:
+                self.plant.advance(dt_s)
+                await asyncio.sleep(0)  # let clients and timers in between two steps
+            else:
+                await asyncio.to_thread(self.plant.advance, dt_s)
             self._advanced_at = time.monotonic()
         await self.publish()
 
@@ -170,7 +190,11 @@ class PlcServer:
         return self.plant.t + min(max(since, 1e-3), step)
 
     async def run(self, speed: float = 1.0, stop: asyncio.Event | None = None, max_chunk_steps: int = 5) -> None:
-        """Advance the plant in real time × ``speed`` until ``stop`` is set (or forever)."""
+        """Advance the plant in real time × ``speed`` until ``stop`` is set (or forever). Behind
+        time, the plant catches up ``max_chunk_steps`` steps at a time, but never more than
+        ``PUBLISH_EVERY_S`` of plant time when its step is that short (a served session's
+        ``simulation.serve_step_s``): its clients see a scan at least once per plant second even
+        while the twin is catching up."""
         if not speed > 0:
             raise ValueError("speed must be > 0")
         stop = stop or asyncio.Event()
@@ -193,7 +217,7 @@ class PlcServer:
             target = t0_plant + (now - t0_wall) * speed
             steps = int(math.floor((target - self.plant.t) / step + 1e-9))
             if steps > 0:
-                await self.advance(min(steps, max_chunk_steps) * step)
+                await self.advance(min(steps, chunk_steps(step, max_chunk_steps)) * step)
                 if steps > 4 * max_chunk_steps and not lagging:
                     lagging = True
                     log.warning("the twin cannot keep up with speed %.1f: plant time is falling behind", speed)

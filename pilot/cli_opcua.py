@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import sys
@@ -151,6 +152,27 @@ AnonymousOpt = Annotated[Optional[bool], typer.Option(
          "when no users are configured")]
 
 
+StepOpt = Annotated[str, typer.Option(
+    "--step", help="the twin's synchronisation step: sync (simulation.sync_step_s, 60 s: what `pilot simulate` "
+                   "runs), serve (simulation.serve_step_s, 1 s: every tag refreshed each plant second, for a "
+                   "trainee; a served twin then keeps up with --speed up to ~100), or plant seconds 1..600")]
+
+
+def step_or_fail(text: str, config) -> float:
+    """The synchronisation step an option names (``StepOpt``), or one red line and exit 2."""
+    if text == "sync":
+        return config.simulation.sync_step_s
+    if text == "serve":
+        return config.simulation.serve_step_s
+    try:
+        value = float(text.rstrip("s"))
+    except ValueError:
+        value = math.nan
+    if not 1 <= value <= 600:
+        _fail(f"--step must be sync, serve or a number of plant seconds 1..600; got {text!r}")
+    return value
+
+
 def server_security_or_fail(spec: str | None, pki: Path | None, anonymous: bool | None, *,
                             flag: str = "--security", env: str = "PILOT_OPCUA_SERVER_SECURITY",
                             default: str = "None"):
@@ -211,13 +233,15 @@ def _serve_plan_or_fail(config, plcs: list[str], endpoint: str | None, endpoints
 
 def plc_sim(config_path: Path | None = None, endpoint: str | list[str] | None = None, speed: float = 1.0, *,
             duration_s: float | None = None, pki: Path | None = None, security: str | None = None,
-            allow_anonymous: bool | None = None, seed: int | None = None, plcs: list[str] | None = None) -> None:
+            allow_anonymous: bool | None = None, seed: int | None = None, plcs: list[str] | None = None,
+            step: str = "sync") -> None:
     """Serve the config's PLCs from one twin in real time × ``speed`` (``pilot plc-sim``): every PLC
     of the config, or only ``plcs``; ``endpoint``: a bare URL (every tag on one server, or the one
     PLC named) and/or NAME=URL overrides. ``security``: the endpoints (``server_security.parse_endpoints``;
     default PILOT_OPCUA_SERVER_SECURITY, else None); users come from PILOT_OPCUA_USERS /
     PILOT_OPCUA_SECRETS; ``allow_anonymous`` None: PILOT_OPCUA_ANONYMOUS, else only when no users are
-    configured. The same security for every server."""
+    configured. The same security for every server. ``step``: the twin's synchronisation step
+    (``step_or_fail``: sync, serve or seconds)."""
     from opcua_server.plc_sim import run_plc_sim
     from opcua_server.security import SecurityError
     from pilot_config import ConfigError, load_config
@@ -233,6 +257,7 @@ def plc_sim(config_path: Path | None = None, endpoint: str | list[str] | None = 
         config = load_config(config_path)
     except ConfigError as exc:
         _fail("the configuration has problems:\n  " + "\n  ".join(str(i) for i in exc.issues))
+    config = config.served(step_or_fail(step, config)) if step != "sync" else config
     plan = _serve_plan_or_fail(config, list(plcs or ()), bare, named)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("asyncua").setLevel(logging.WARNING)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import simpy
@@ -22,8 +21,10 @@ from simpy.core import URGENT
 from pilot_config.base import SPECIES
 
 from .build import Line, build_line
+from .kpis import ProductQuality
 from .ledger import Ledger
 from .sensors import TagLayer, bind_tags
+from .sequence_host import PlantEvent
 from .sequences import analyser, carousel, cell_supervisor, distillation_batches
 from .signals import Sample, WriteResult
 
@@ -36,13 +37,6 @@ class _UrgentTimeout(simpy.events.Event):
         self._ok = True
         self._value = None
         env.schedule(self, URGENT, delay)
-
-
-@dataclass(frozen=True)
-class PlantEvent:
-    t: float
-    unit: str
-    text: str
 
 
 class TwinPlant:
@@ -60,6 +54,7 @@ class TwinPlant:
         rng = np.random.default_rng(self.seed)
         self.tags = TagLayer(bind_tags(config.tags, self.flowsheet), rng, epoch_s)
         self.ledger = Ledger(self.line)
+        self.quality = ProductQuality(self.line)
         self.events: list[PlantEvent] = []
         self.step_event = self.env.event()
         self.tags.scan(0.0)
@@ -95,6 +90,8 @@ class TwinPlant:
             yield _UrgentTimeout(self.env, self.dt)
             self.ledger.before_step(self.dt)
             self.flowsheet.step(self.dt)
+            self.ledger.after_step(self.dt)
+            self.quality.after_step(self.dt)
             self.tags.scan(self.t)
             done, self.step_event = self.step_event, self.env.event()
             done.succeed()
