@@ -372,6 +372,10 @@ class AlarmManager:
                          "unit": d.unit, "position": self.position[i]})
         return sorted(rows, key=lambda r: (r["state"] == _S.SHELVED.value, r["priority"], -(r["since"] or 0.0)))
 
+    def pending(self) -> tuple[JournalEntry, ...]:
+        """Transitions of operator actions not yet handed out by a ``step`` (they come with the next)."""
+        return tuple(self._pending_entries)
+
     def tag_values(self) -> dict[str, float]:
         """The newest value of every alarmed tag (NaN while bad or missing)."""
         return dict(zip(self.tag_names, self._values.tolist()))

@@ -68,6 +68,13 @@ class UserDirectory:
     def __len__(self) -> int:
         return len(self._users)
 
+    def with_user(self, name: str, password: str, role: Role | str) -> UserDirectory:
+        """A copy of this directory with one more user (an in-process client's own login)."""
+        out = UserDirectory()
+        out._users = dict(self._users)
+        out.add(name, password, role)
+        return out
+
     def names(self) -> list[str]:
         return sorted(self._users)
 

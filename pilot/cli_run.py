@@ -155,7 +155,7 @@ def run_cmd(
     duration_s = duration_or_fail(duration, _fail)
     security = client_security_or_fail(security_policy, security_mode, pki, user, password_file,
                                        allow_plaintext_password)
-    op_security = _operator_security_or_fail(operator_security, pki, anonymous) if operator_endpoint else None
+    op_security = operator_security_or_fail(operator_security, pki, anonymous) if operator_endpoint else None
     config = load_or_fail(config_path)
     plcs = _plcs_or_fail(plc, config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -169,7 +169,7 @@ def run_cmd(
 
     try:
         res = asyncio.run(run_live(config, plcs, mode=mode, duration_s=duration_s, out_dir=out_dir,
-                                   session=session, target="live", bridge_options={"security": security},
+                                   session=session, target="auto", bridge_options={"security": security},
                                    operator_endpoint=operator_endpoint or None, operator_security=op_security,
                                    audit_path=audit, alarm_state=alarm_state, on_tick=show,
                                    handle_signals=True))
@@ -207,7 +207,7 @@ def run_cmd(
         out.print(f"summary: {res.summary_path}")
 
 
-def _operator_security_or_fail(spec: str, pki: Path, anonymous: bool | None):
+def operator_security_or_fail(spec: str, pki: Path, anonymous: bool | None):
     """The operator server's ``ServerSecurity`` (endpoints of ``spec``; users and PKI as every
     server face has them), or one red line."""
     from opcua_server.security import SecurityError

@@ -11,46 +11,18 @@ from rich.console import Console
 from rich.table import Table
 
 from .cli_common import fail as _fail
-from .cli_opcua import AnonymousOpt, ServerPkiOpt, ServerSecurityOpt
-from .durations import duration_or_fail
+from .cli_train_common import (
+    ConfigOpt,
+    ScenarioDirOpt,
+    _duration,
+    _scenario,
+    _scenario_dirs,
+    _speed,
+)
 
 out = Console()
 train_app = typer.Typer(help="Operator training: run scenarios on the twin, score trainees, snapshots.",
                         no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", help="plant YAML file (default: the shipped pilot_line.yaml)", show_default=False)]
-
-
-def _speed(text: str) -> float | None:
-    if text == "max":
-        return None
-    try:
-        v = float(text.rstrip("x"))
-    except ValueError:
-        v = -1.0
-    if not 0.5 <= v <= 100:
-        _fail(f"--speed must be 0.5..100 or max; got {text!r}")
-    return v
-
-
-def _duration(text: str) -> float:
-    return duration_or_fail(text, _fail)
-
-
-def _scenario(name: str):
-    from pilot.training.scenario import load_scenario
-    from pilot_config import ConfigError
-
-    from .cli_common import fail_issues
-
-    try:
-        return load_scenario(name)
-    except FileNotFoundError:
-        _fail(f"no scenario {name!r}: give a YAML file or a name from `pilot train list`")
-    except ConfigError as exc:
-        fail_issues(exc, f"scenario {name}")
-
-
 def _trainee(path: Path):
     from pilot.training.scenario import load_trainee
     from pilot_config import ConfigError
@@ -58,29 +30,125 @@ def _trainee(path: Path):
     from .cli_common import fail_issues
 
     try:
-        return load_trainee(path)
+        return load_trainee(path, _scenario_dirs())
     except ConfigError as exc:
         fail_issues(exc, f"trainee actions {path}")
 
 
+def _mmss(seconds: float) -> str:
+    """Plant time as min:s (``75:00``)."""
+    m, sec = divmod(round(seconds), 60)
+    return f"{m}:{sec:02d}"
+
+
+def _fault(m) -> str:
+    return f"{m.kind} on {m.target} at {_mmss(m.onset_s)}"
+
+
+def _catalogue(paths):
+    """The scenarios as a two-column table that wraps between words (80 columns and up)."""
+    from rich import box
+    from rich.text import Text
+
+    from pilot.training.scenario import load_scenario
+
+    table = Table("scenario", "what it trains (plant times in min:s)", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.columns[0].no_wrap = True
+    for p in paths:
+        s = load_scenario(p)
+        table.add_row(Text(p.stem, style="bold") + Text(f"\n  {s.initial}, lasts {_mmss(s.duration_s)}", "dim"),
+                      Text(s.title) + Text("\nfaults: " + ("; ".join(_fault(m) for m in s.malfunctions) or "none"), "dim"))
+    return table
+
+
+def _grid(rows) -> Table:
+    """Key, value rows: the key never wraps, the value wraps between words."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True, style="bold")
+    grid.add_column(overflow="fold")
+    for k, v in rows:
+        grid.add_row(k, v)
+    return grid
+
+
 @train_app.command("list")
-def list_cmd() -> None:
-    """The shipped scenarios, initial conditions and malfunction kinds."""
-    from pilot.training.scenario import load_scenario, shipped_scenarios
+def list_cmd(scenario_dir: ScenarioDirOpt = None) -> None:
+    """The scenarios (shipped, and a trainer's own folders), initial conditions and malfunction kinds;
+    `pilot train show NAME` for one scenario's detail."""
+    from pilot.training.scenario import shipped_scenarios
     from pilot.training.session import INITIAL_CONDITIONS
+    from pilot_config import ConfigError
     from twin.malfunctions import PROCESS_KINDS, SIGNAL_KINDS
 
-    table = Table()
-    table.add_column("scenario", no_wrap=True)
-    for name in ("title", "initial", "plant time", "malfunctions"):
-        table.add_column(name, overflow="fold")
-    for p in shipped_scenarios():
-        s = load_scenario(p)
-        table.add_row(s.name, s.title, s.initial, f"{s.duration_s / 60:.0f} min",
-                      ", ".join(f"{m.kind}@{m.target}" for m in s.malfunctions))
-    out.print(table)
-    out.print("initial conditions: " + "; ".join(f"[bold]{k}[/]: {v}" for k, v in INITIAL_CONDITIONS.items()))
-    out.print(f"malfunctions: process {', '.join(PROCESS_KINDS)}; signal {', '.join(SIGNAL_KINDS)}")
+    from .cli_common import fail_issues
+
+    try:
+        out.print(_catalogue(shipped_scenarios(_scenario_dirs(scenario_dir))))
+    except ConfigError as exc:
+        fail_issues(exc, "a scenario file")
+    out.print("[bold]initial conditions[/]")
+    out.print(_grid(INITIAL_CONDITIONS.items()))
+    out.print("[bold]malfunction kinds[/]")
+    out.print(_grid([("process", ", ".join(PROCESS_KINDS)), ("signal", ", ".join(SIGNAL_KINDS))]))
+    out.print("detail of one scenario: pilot train show NAME")
+
+
+def _objectives(sc) -> list[tuple[str, str]]:
+    rows = []
+    for r in sc.responses:
+        start = r.after_alarm or (f"t = {_mmss(r.after_s)}" if r.after_s is not None else "the first fault")
+        rows.append((r.id, f"{r.text or r.kind + ' ' + (r.alarm or r.tag)} ({r.points:g} points; timed from "
+                           f"{start}, {_mmss(r.within_s)} allowed)"))
+    return rows
+
+
+def _faults(sc) -> list[tuple[str, str]]:
+    return [(m.kind, f"on {m.target}: onset {_mmss(m.onset_s)}, ramp {_mmss(m.ramp_s)}, severity {m.severity:g}, "
+                     + ("until cleared" if m.duration_s is None else f"lasts {_mmss(m.duration_s)}"))
+            for m in sc.malfunctions]
+
+
+def _scoring(sc) -> list[tuple[str, str]]:
+    rows = []
+    for s in sc.spec:
+        limits = " and ".join(x for x in (s.low is not None and f">= {s.low:g}",
+                                          s.high is not None and f"<= {s.high:g}") if x)
+        rows.append((s.tag, f"kept {limits}; {s.penalty_per_min:g} points per minute out, at most {s.max_penalty:g}"))
+    for k in ("off_spec", "unacknowledged"):
+        if hasattr(sc, k):
+            rows.append((k, ", ".join(f"{n} {v:g}" for n, v in getattr(sc, k).model_dump().items())))
+    return rows
+
+
+@train_app.command("show")
+def show_cmd(
+    name: Annotated[str, typer.Argument(help="scenario name (`pilot train list`) or YAML file")],
+    scenario_dir: ScenarioDirOpt = None,
+) -> None:
+    """One scenario in full: what it teaches, initial condition, malfunctions (onset, ramp, severity),
+    objectives with their points, specs and the scripted trainee."""
+    from rich.text import Text
+
+    from pilot.training.scenario import find_scenario
+    from pilot.training.session import INITIAL_CONDITIONS
+
+    sc = _scenario(name, scenario_dir)
+    out.print(Text(f"{sc.name}: {sc.title}", style="bold"))
+    out.print(Text(sc.teaches or "(no description)"))
+    out.print(f"file: {find_scenario(name, _scenario_dirs(scenario_dir))}", soft_wrap=True, highlight=False)
+    loop = ("on, modes " + ", ".join(f"{k} {v}" for k, v in sc.modes.items())) if sc.control else "off"
+    out.print(_grid([("initial", f"{sc.initial}: {INITIAL_CONDITIONS[sc.initial]}"),
+                     ("duration", f"{_mmss(sc.duration_s)} of plant time (times here in min:s)"),
+                     ("control loop", loop)]))
+    sections = [("malfunctions", _faults(sc) or [("none", "")]), ("objectives (expected responses)", _objectives(sc)),
+                ("scoring", _scoring(sc))]
+    if sc.expected is not None:
+        e = sc.expected
+        sections.append(("scripted trainee", [("file", e.trainee), ("meets", ", ".join(e.met) or "nothing"),
+                                              ("scores", f"{e.score_min:g} to {e.score_max:g}")]))
+    for title, rows in sections:
+        out.print(f"[bold]{title}[/]")
+        out.print(_grid([(f"  {k}", v) for k, v in rows]))
 
 
 @train_app.command("run")
@@ -90,7 +158,11 @@ def run_cmd(
     speed: Annotated[str, typer.Option(help="plant seconds per wall second, 0.5..100, or max")] = "max",
     trainee_actions: Annotated[Path | None, typer.Option(
         "--trainee-actions", help="scripted trainee (YAML list of actions) instead of a live trainee")] = None,
-    report: Annotated[Path, typer.Option(help="folder for report.html and trends.png")] = Path("training-report"),
+    report: Annotated[Path, typer.Option(help="folder for report.html, report.pdf and trends.png")] = Path(
+        "training-report"),
+    trainee_name: Annotated[str | None, typer.Option("--trainee", help="trainee's name in the record (default: "
+                                                     "the scripted trainee's file name)", show_default=False)] = None,
+    instructor: Annotated[str, typer.Option(help="instructor's name in the record")] = "",
     seed: Annotated[int | None, typer.Option(help="sensor-noise seed (default: from the config)")] = None,
     snapshot: Annotated[Path | None, typer.Option(help="save the session's final snapshot here")] = None,
     history: Annotated[Path | None, typer.Option(
@@ -99,17 +171,25 @@ def run_cmd(
         "--control/--no-control", help="run the closed loop in the session (default: as the scenario says)",
         show_default=False)] = None,
 ) -> None:
-    """Run a scenario to its end, score the trainee and write the report."""
-    from pilot.training.report import score_run, write_report
+    """Run a scenario to its end, score the trainee and file the training record (report.html with an
+    A4 print stylesheet, report.pdf, trends.png)."""
+    from pilot.training.report import record_lines, score_run, write_report
     from pilot.training.scenario import run_scenario
+    from pilot_config import default_config_path
 
-    from .cli_common import load_or_fail
+    from .cli_common import config_path_or_env, load_or_fail
 
     sc = _scenario(scenario)
     config = load_or_fail(config_path)
     trainee = None
     if trainee_actions is not None:
         trainee = _trainee(trainee_actions)
+    if trainee_name is None:
+        trainee_name = f"scripted {trainee_actions.name.removesuffix('.yaml')}" if trainee_actions else ""
+    if len(trainee_name) > 64 or len(instructor) > 64:
+        _fail("--trainee and --instructor: at most 64 characters each")
+    identity = dict(trainee_name=trainee_name, instructor=instructor,
+                    config_path=str(config_path_or_env(config_path) or default_config_path()))
     sink = None
     if history is not None:
         from pilot.historian.sqlite import SqliteSink, history_path
@@ -119,7 +199,8 @@ def run_cmd(
         sink.open()
     try:
         session, rec = run_scenario(sc, config, trainee=trainee, seed=seed, speed=_speed(speed), control=control,
-                                    on_tick=(lambda s, tk: sink.write_batch(s.points(tk))) if sink else None)
+                                    on_tick=(lambda s, tk: sink.write_batch(s.points(tk))) if sink else None,
+                                    **identity)
     except ValueError as exc:
         _fail(str(exc))
     finally:
@@ -129,13 +210,16 @@ def run_cmd(
     path = write_report(sc, session, rec, score, report)
     if snapshot is not None:
         session.save(snapshot, label="end")
-    table = Table("response", "met", "time to act, s", "points")
+    from pilot.training.report_pages import mmss
+
+    out.print("; ".join(f"{k} {v}" for k, v in record_lines(sc, score)[:3]))
+    table = Table("response", "met", "time to act, min:s", "points")
     for r in score.responses:
         table.add_row(r.text, "yes" if r.met else f"no ({r.note})",
-                      "—" if r.time_to_act_s is None else f"{r.time_to_act_s:.0f}", f"{r.points:g}")
+                      "—" if r.time_to_act_s is None else mmss(r.time_to_act_s), f"{r.points:g}")
     out.print(table)
     out.print(f"session {session.session_id}: score [bold]{score.score:.0f}[/]/100, off-spec Tb "
-              f"{score.off_spec_kg:.3f} kg; report {path}")
+              f"{100 * score.off_spec_fraction:.0f} % of the product; report {path} and {path.with_suffix('.pdf')}")
 
 
 @train_app.command("snapshot")
@@ -192,52 +276,10 @@ def restore_cmd(
         out.print(f"saved {out_file}")
 
 
-@train_app.command("serve")
-def serve_cmd(
-    scenario: Annotated[str, typer.Argument(help="scenario name or YAML file (its initial condition and faults)")],
-    config_path: ConfigOpt = None,
-    endpoint: Annotated[str | None, typer.Option(
-        help="opc.tcp://HOST:PORT (default: opcua.endpoint of the config)", show_default=False)] = None,
-    speed: Annotated[str, typer.Option(help="0.5..100 or max (the instructor can change it)")] = "1",
-    duration: Annotated[str | None, typer.Option(help="stop after this much wall time (default: Ctrl-C)")] = None,
-    restore: Annotated[Path | None, typer.Option(help="start from a saved snapshot instead")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    pki: ServerPkiOpt = None,
-    security: ServerSecurityOpt = None,
-    anonymous: AnonymousOpt = None,
-) -> None:
-    """Serve a live training session on the simulated PLC, with the instructor's OPC UA methods
-    (Instructor.Freeze / Resume / SetSpeed / Snapshot / Restore / Backtrack / InjectMalfunction;
-    they need the engineer role). Security options and users as for `pilot plc-sim`."""
-    import asyncio
+from .cli_instructor import instructor_app  # noqa: E402  (pilot train instructor URL ...)
 
-    from opcua_server.instructor import MAX_SPEED, serve_training
-    from opcua_server.security import SecurityError
-    from pilot.training.session import Action, TrainingSession
+train_app.add_typer(instructor_app, name="instructor")
 
-    from .cli_common import load_or_fail
-    from .cli_opcua import check_endpoint, server_security_or_fail
+from .cli_train_serve import serve_cmd  # noqa: E402  (pilot train serve ...)
 
-    server_security = server_security_or_fail(security, pki, anonymous)  # before the session is built
-    sc = _scenario(scenario)
-    config = load_or_fail(config_path)
-    if restore is not None:
-        session = TrainingSession.restore(restore, config)
-    else:
-        session = TrainingSession(config, initial=sc.initial, seed=seed, control=sc.control, modes=sc.modes)
-        for m in sc.malfunctions:
-            session.submit(Action(t=0.0, kind="inject", args={"malfunction": m.model_dump()}, by="scenario"))
-    url = check_endpoint(endpoint or config.opcua.endpoint)
-    sp = _speed(speed)
-    out.print(f"training session {session.session_id} ({sc.name}) at {url}; Ctrl-C to stop")
-    try:
-        asyncio.run(serve_training(session, url, speed=MAX_SPEED if sp is None else sp,
-                                   duration_s=None if duration is None else _duration(duration),
-                                   security=server_security, restore=TrainingSession.restore))
-    except KeyboardInterrupt:
-        pass
-    except SecurityError as exc:  # e.g. a PKI folder with a key but no certificate
-        _fail(str(exc))
-    except OSError as exc:
-        _fail(f"cannot serve at {url}: {exc.strerror or exc}")
-    out.print(f"stopped at session time {session.t:.0f} s")
+train_app.command("serve")(serve_cmd)

@@ -34,7 +34,9 @@ progress: the operator server and the sessions close, the recorder flushes withi
 ``summary.json`` is written. Every ``status_every_s`` wall seconds one status line is logged.
 
 **Session rule.** The ``ControlLoop`` (and so its ``Guard``) is built *before* connecting: a
-training or standalone session with a live target raises ``LiveWriteForbidden``.
+training or standalone session with a live target raises ``LiveWriteForbidden``; ``target="auto"``
+(what ``pilot run`` passes) asks every PLC what it is (``opcua_server.identity``): a training
+session runs only against servers that identify themselves as twins.
 
 **Operator face.** ``opcua_server.operator.OperatorServer`` at ``operator_endpoint``, secured by
 ``operator_security``, every action journalled in ``audit_path`` (default ``out_dir/audit.jsonl``,
@@ -159,14 +161,17 @@ async def run_live(config, plcs: str | Mapping[str, str] | None = None, *, mode:
     store, restored at start and saved at each transition (None: $PILOT_ALARM_STATE, else
     ``out_dir/alarms.sqlite``, else none)."""
     from opcua_server.client_security import ClientSecurity
+    from opcua_server.identity import decide_target
     from opcua_server.plant_link import PlantLink
 
     links_of = plant_plcs(config, plcs)
+    options = dict(bridge_options or {})
+    security = options.pop("security", None) or ClientSecurity()
+    if target == "auto":  # from what the servers say they are, never from a flag
+        target = await decide_target([p.endpoint for p, _ in links_of], security, session)
     loop = ControlLoop(config, target=target, session=session, modes=every_loop(config, mode),
                        plcs={p.name: _alarm_unit(p, tags) for p, tags in links_of}, **loop_options)
     alarm_store = _alarm_store(loop, alarm_state, out_dir)  # before anything starts: a bad file stops here
-    options = dict(bridge_options or {})
-    security = options.pop("security", None) or ClientSecurity()
     recorder, own_recorder, annotations = _recorders(recorder, out_dir)
     stop, stopped_by = stop or asyncio.Event(), []
     runner = LiveRunner(loop, links_of, recorder, annotations, {t.name: t.plant_unit for t in config.tags},
@@ -185,8 +190,8 @@ async def run_live(config, plcs: str | Mapping[str, str] | None = None, *, mode:
         stopped_by.append(await runner.run(stop, poll_s, duration_s) or "")
     finally:
         undo()
-        if runner.alarm_store is not None:
-            runner.save_alarms()
+        if runner.alarm_store is not None:  # with the operator actions since the last tick
+            runner.save_alarms(loop.alarms.pending())
             runner.alarm_store.close()
         runner.final_links = link.links()  # as they were at the end, not after closing
         await _close(operator, audit, link)
