@@ -54,3 +54,27 @@ def pki_pair(tmp_path):
         return tuple(pkis)
 
     return make
+
+
+@pytest.fixture()
+def hot_loop():
+    """A live control loop with CELL1.TEMP at 650 °C, above its HI and HH limits (both
+    unacknowledged) at plant time 100 s; every other tag missing (their bad-PV alarms stand)."""
+    from controllers.loop import ControlLoop
+    from pilot_config import load_config
+    from twin.signals import Sample
+
+    loop = ControlLoop(load_config(), target="live", session="live")
+    loop.alarms.step({"CELL1.TEMP": Sample(650.0, 100.0)}, 100.0)
+    return loop
+
+
+@pytest.fixture()
+def pkis(pki_pair):
+    """Operator-server and console PKI folders that trust each other."""
+    import shutil
+
+    server, console = pki_pair(("operator", "urn:pilot-line:operator-test"), ("console", "urn:pilot-line:console"))
+    shutil.copy(console.cert, server.trusted / "console.der")
+    shutil.copy(server.cert, console.trusted / "operator.der")
+    return server, console

@@ -22,7 +22,6 @@ from asyncua.common import event_objects
 from asyncua.server.monitored_item_service import WhereClauseEvaluator
 
 from controllers.alarms_support import AlarmState
-from controllers.loop import ControlLoop
 from opcua_server import alarm_client
 from opcua_server.audit import AuditJournal, read_journal
 from opcua_server.client_security import ClientSecurity, connect_client
@@ -31,8 +30,6 @@ from opcua_server.node_interop import NodeScript, free_port
 from opcua_server.operator import OperatorServer
 from opcua_server.server_security import ServerSecurity
 from opcua_server.users import UserDirectory
-from pilot_config import load_config
-from twin.signals import Sample
 
 PASSWORDS = {"vera": "vera-viewer-pass", "olga": "olga-operator-pass"}
 ROLES = {"vera": "viewer", "olga": "operator"}
@@ -41,25 +38,9 @@ T = 100.0  # plant time of the loop's snapshot
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def config():
-    return load_config()
-
-
 @pytest.fixture()
-def loop(config):
-    """CELL1.TEMP above its HI and HH limits (both unacknowledged), every other tag missing (bad PV)."""
-    loop = ControlLoop(config, target="live", session="live")
-    loop.alarms.step({"CELL1.TEMP": Sample(650.0, T)}, T)
-    return loop
-
-
-@pytest.fixture()
-def pkis(pki_pair):
-    server, console = pki_pair(("operator", "urn:pilot-line:operator-test"), ("console", "urn:pilot-line:console"))
-    shutil.copy(console.cert, server.trusted / "console.der")
-    shutil.copy(server.cert, console.trusted / "operator.der")
-    return server, console
+def loop(hot_loop):
+    return hot_loop
 
 
 def _security(pki) -> ServerSecurity:
