@@ -11,6 +11,8 @@ Usage: python benchmarks/bridge_throughput.py [--plcs 3] [--tags 2000] [--hz 5] 
 (client security from the environment, PILOT_OPCUA_SECURITY_POLICY and the rest; --gc-tuned: the
 bridge process freezes its start-up heap and collects young objects every 50,000 allocations, as a
 composition root may; the default measures Python's default collector)
+It claims 2 cores (the servers and the clients run side by side) and refuses on fewer unless
+--allow-fewer-cores; the machine's load average is printed beside the figures.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
+
+import _machine  # one BLAS thread: before numpy loads
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -146,7 +150,10 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--warmup", type=float, default=4.0)
     p.add_argument("--gc-tuned", action="store_true", help="freeze the start-up heap, gen-0 threshold 50,000")
+    _machine.add_arguments(p)
     a = p.parse_args()
+    _machine.claim(2, allow_fewer=a.allow_fewer_cores)
+    print(_machine.load_line(2))
     sampling_ms = 1000.0 / a.hz / 2  # sample twice per change so none is aliased away
     published = a.plcs * a.tags * a.hz
     servers = [(f"opc.tcp://127.0.0.1:{free_port()}", f"{NS}:{k}") for k in range(a.plcs)]
@@ -156,6 +163,7 @@ def main() -> None:
         ours = asyncio.run(run_link(servers, a.tags, sampling_ms, a.warmup, a.seconds, a.gc_tuned))
         ref = run_node_client(servers, a.tags, sampling_ms, a.warmup, a.seconds)
     report(a, published, ours, ref)
+    print(_machine.load_line(2))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ Runs the shipped default line (new extractant, emulsion flow) and the convention
 real-time factors against the goal of 3,600x (a plant day in under 24 s). The reference is real
 time itself (factor 1) and the goal; the per-unit split shows where the time goes.
 
-    .venv/bin/python benchmarks/twin_speed.py [--hours 24]
+    .venv/bin/python benchmarks/twin_speed.py [--hours 24] [--allow-fewer-cores]
+
+It runs on one core (pinned, one BLAS thread), refuses when none is available, and prints the
+machine's load average beside its figures.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import argparse
 import os
 import time
 from collections import defaultdict
+
+import _machine  # noqa: I001  (one BLAS thread: before numpy loads)
 
 from pilot_config import conventional_config_path, default_config_path, load_config
 from twin import integrate
@@ -53,11 +58,14 @@ def run(path, hours: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hours", type=float, default=24.0, help="plant hours per line (default 24)")
+    _machine.add_arguments(ap)
     args = ap.parse_args()
+    _machine.claim(1, allow_fewer=args.allow_fewer_cores)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
     rows = [run(default_config_path(), args.hours), run(conventional_config_path(), args.hours)]
     print(f"twin speed, {args.hours:g} plant-hours per line, one core")
+    print(_machine.load_line(1))
     print(f"{'line':34s} {'build s':>8s} {'run s':>8s} {'x real time':>12s} {'vs goal':>8s}")
     for r in rows:
         print(f"{r['name']:34s} {r['build_s']:8.2f} {r['wall_s']:8.2f} {r['factor']:12.0f} "
