@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pilot_config.plant import PilotLineConfig
 from twin.kpis import compute_kpis
+from twin.malfunctions import inject
 from twin.plant import TwinPlant
 from twin.points import FreshSamples, process_points
 
@@ -46,6 +47,7 @@ def simulate(
     progress: ProgressFn | None = None,
     make_plots: bool = True,
     control: str = "off",
+    malfunctions: Sequence = (),
 ) -> RunResult:
     """Run the line standalone for ``until_s`` plant seconds; return the summary.
 
@@ -60,6 +62,8 @@ def simulate(
     for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
         stale.unlink(missing_ok=True)  # a run's history is its own: never mixed with an older run
     plant = TwinPlant(config, seed=seed)
+    for m in malfunctions:  # twin.malfunctions.Malfunction, scheduled by their onset
+        inject(plant, m)
     units = {name: plant.unit_of(name) for name in plant.tags.bound}
     sink = SqliteSink(history_path(out_dir))
     sink.open()

@@ -16,7 +16,7 @@ from pilot_config import config_schema
 
 from .cli_common import config_path_or_env, fail, load_or_fail
 from .cli_historian import historian_app
-from .cli_opcua import AnonymousOpt, ServerPkiOpt, ServerSecurityOpt, opcua_app
+from .cli_opcua import AnonymousOpt, ServerPkiOpt, ServerSecurityOpt, StepOpt, opcua_app
 from .durations import duration_or_fail, parse_duration
 
 app = typer.Typer(
@@ -196,6 +196,7 @@ def plc_sim_cmd(
     security: ServerSecurityOpt = None,
     anonymous: AnonymousOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="sensor-noise seed (default: from the config)")] = None,
+    step: StepOpt = "sync",
 ) -> None:
     """Serve the config's PLCs over OPC UA, one server each, driven by one twin in real time (or X times faster).
 
@@ -208,13 +209,15 @@ def plc_sim_cmd(
     duration_s = duration_or_fail(duration, fail)
     plc_sim(config_path_or_env(config_path), endpoint, speed,
             duration_s=None if duration_s is None else duration_s / speed,  # plant s -> wall s
-            pki=pki, security=security, allow_anonymous=anonymous, seed=seed, plcs=plc)
+            pki=pki, security=security, allow_anonymous=anonymous, seed=seed, plcs=plc, step=step)
 
 
 from .cli_alarms import alarms_app  # noqa: E402  (pilot alarms)
 from .cli_run import run_cmd  # noqa: E402  (pilot run)
+from .cli_sweep import sweep_cmd  # noqa: E402  (pilot sweep)
 
 app.command("run")(run_cmd)
+app.command("sweep")(sweep_cmd)
 app.add_typer(alarms_app, name="alarms")
 
 from .cli_train import train_app  # noqa: E402  (training helper: pilot train)
