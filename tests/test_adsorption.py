@@ -331,7 +331,7 @@ def test_missing_isotherm_names_the_species():
 
 def test_unknown_field_and_bounds():
     with pytest.raises(ValidationError, match="n_columns"):
-        CarouselConfig(n_columns=5)
+        CarouselConfig(n_columns=13)
     with pytest.raises(ValidationError, match="K_L_m3_per_mol"):
         IsothermParams(q_max_mol_per_kg=0.1, K_L_m3_per_mol=-1.0, k_ldf_per_s=1e-3)
     with pytest.raises(ValidationError, match="bed_volume"):
