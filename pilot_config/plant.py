@@ -13,6 +13,7 @@ from .control import ControlConfig
 from .electrolysis import CellConfig, DistillationConfig
 from .extraction import CascadeConfig
 from .plcs import OpcUaConfig, PlcConfig, assign_tags, raise_located
+from .salt_prep import SaltPrepConfig
 from .sequences import SequencesConfig
 from .tags import Tag
 from .training import TrainingConfig
@@ -111,6 +112,7 @@ class PilotLineConfig(StrictModel):
     extraction: CascadeConfig
     electrolysis: ElectrolysisConfig
     distillation: DistillationConfig
+    salt_prep: SaltPrepConfig = SaltPrepConfig()
     tags: list[Tag] = Field(min_length=1)
     opcua: OpcUaConfig = OpcUaConfig()
     simulation: SimulationConfig = SimulationConfig()

@@ -16,6 +16,12 @@ Definitions (all over the run, from t = 0):
   ``adsorption_rejection_pct``: per Fe/Al/U/Th, 1 − (eluted)/(fed).
 - ``current_efficiency_pct`` per cell: Tb deposited · 3F / charge passed;
   ``specific_energy_kWh_per_kg_Tb``: electrical energy / Tb deposited.
+- Where the Tb metal came from (``salt_origin_kpis``): the melt, the TbCl3 store and, through it,
+  the cascade are each well mixed, so the Tb deposited is attributed pro rata to what entered the
+  melt over the run, ``tb_metal_from_<o>_kg = tb_deposited_kg · n_o / Σ n_o`` with o = cascade
+  (store draws of cascade Tb), stock (draws of the initial store stock) and melt_charge (the
+  cells' initial TbCl3). ``tbcl3_store_kg``, and ``salt_stock_days`` the store divided by the
+  draw of the last step (None while nothing is drawn).
 - ``organic_inventory_L``; ``mass_balance_error``: per element (see ``twin.ledger``).
 """
 
@@ -27,6 +33,7 @@ import numpy as np
 
 from pilot_config.base import FARADAY_C_PER_MOL, MOLAR_MASS_G_PER_MOL, REJECTED, SPECIES
 
+from .electrolysis import M_TBCL3
 from .extraction import reo_purity
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -120,5 +127,20 @@ def compute_kpis(plant: "TwinPlant") -> dict:
     kpis["specific_energy_kWh_per_kg_Tb"] = energy / 3.6e6 / tb_kg if tb_kg > 0 else None
     kpis["tb_deposited_kg"] = tb_kg
     kpis["tb_metal_product_kg"] = led.product_out[IDX["Tb"]] * MOLAR_MASS_G_PER_MOL["Tb"] / 1000.0
+    kpis |= salt_origin_kpis(plant, tb_kg)
     kpis["mass_balance_error"] = plant.mass_balance()
     return kpis
+
+
+def salt_origin_kpis(plant: "TwinPlant", tb_deposited_kg: float) -> dict:
+    """Origin of the Tb metal and the TbCl3 stock left (definitions in the module docstring)."""
+    salt, kg = plant.salt, MOLAR_MASS_G_PER_MOL["Tb"] / 1000.0
+    melt0 = sum(plant.flowsheet.blocks[n].p.salt_tb0 for n in plant.line.cells)
+    origins = {"cascade": salt.drawn_cascade, "stock": salt.drawn_stock, "melt_charge": melt0}
+    total = sum(origins.values())
+    out = {f"tb_metal_from_{o}_kg": tb_deposited_kg * n / total if total > 0 else 0.0 for o, n in origins.items()}
+    out["tb_into_store_kg"] = salt.into_store * kg
+    out["tb_salt_prep_loss_kg"] = salt.lost * kg
+    out["tbcl3_store_kg"] = salt.store * M_TBCL3
+    out["salt_stock_days"] = salt.days_left()
+    return out

@@ -21,8 +21,10 @@ from simpy.core import URGENT
 from pilot_config.base import SPECIES
 
 from .build import Line, build_line
+from .electrolysis import M_TBCL3
 from .kpis import ProductQuality
 from .ledger import Ledger
+from .salt_prep import SaltRoute, params_from_config
 from .sensors import TagLayer, bind_tags
 from .sequence_host import PlantEvent
 from .sequences import analyser, carousel, cell_supervisor, distillation_batches
@@ -53,7 +55,8 @@ class TwinPlant:
         self.seed = config.simulation.seed if seed is None else seed
         rng = np.random.default_rng(self.seed)
         self.tags = TagLayer(bind_tags(config.tags, self.flowsheet), rng, epoch_s)
-        self.ledger = Ledger(self.line)
+        self.salt = SaltRoute(params_from_config(config.salt_prep))
+        self.ledger = Ledger(self.line, self.salt)
         self.quality = ProductQuality(self.line)
         self.events: list[PlantEvent] = []
         self.step_event = self.env.event()
@@ -88,13 +91,24 @@ class TwinPlant:
     def _physics(self):
         while True:
             yield _UrgentTimeout(self.env, self.dt)
+            self._supply_salt()
             self.ledger.before_step(self.dt)
+            tb0 = self.ledger.stream(self.line.extraction, "raffinate")[SPECIES.index("Tb")]
             self.flowsheet.step(self.dt)
+            self.salt.feed(self.ledger.stream(self.line.extraction, "raffinate")[SPECIES.index("Tb")] - tb0, self.dt)
             self.ledger.after_step(self.dt)
             self.quality.after_step(self.dt)
             self.tags.scan(self.t)
             done, self.step_event = self.step_event, self.env.event()
             done.succeed()
+
+    def _supply_salt(self) -> None:
+        status = self.salt.supply(self.flowsheet.blocks, self.line.cells, self.dt)
+        if status is not None:
+            kg = self.salt.store * M_TBCL3
+            text = {"empty": "TbCl3 store empty: salt make-up stopped",
+                    "low": f"TbCl3 store low: {kg:.1f} kg left", "ok": f"TbCl3 store restocked: {kg:.1f} kg"}
+            self.log("salt_store", text[status])
 
     # -- PLC face ------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Sample]:
