@@ -193,7 +193,9 @@ async def _snapshots(run, w: Watch, snaps) -> None:
     t_before = w.values["SessionTime"]
     code, text = await run("backtrack")
     t_back = float(re.search(r"t=(\d+) s", text).group(1))
-    assert code == 0 and t_back <= t_before and t_back % 30 == 0, text
+    # the session runs on while the call is made, and the subscribed SessionTime lags it on a loaded
+    # machine: the snapshot gone back to is at most about one autosnapshot period past the last reading
+    assert code == 0 and t_back <= t_before + 60 and t_back % 30 == 0, text
 
 
 def test_a_cleared_fault_ramps_out_and_replays():
