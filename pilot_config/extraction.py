@@ -88,6 +88,12 @@ class CascadeConfig(StrictModel):
     throughput_factor: float = Field(
         4.0, ge=1, le=10, description="emulsion_flow: throughput / that of a mixer-settler of equal volume")
     mass_transfer_per_s: float = Field(gt=0, le=10, description="k·a toward equilibrium in the mixer, mixer-settler basis")
+    settler_area_m2: float = Field(0.04, gt=0, le=100, description="settler disengagement area per stage")
+    disengagement_capacity_L_per_h_per_m2: dict[str, float] = Field(
+        default_factory=lambda: {"mixer_settler": 3000.0, "emulsion_flow": 12000.0},
+        description="total flow (aq + org) per settler area a contactor type disengages cleanly")
+    flood_entrainment: float = Field(
+        0.01, ge=0, le=1, description="organic per raffinate volume at twice the capacity (quadratic above it)")
     design_feed_flow_L_per_h: float = Field(gt=0, le=1000, description="aqueous feed for sizing checks")
     feed_acidity_mol_per_L: float = Field(0.3, ge=0, le=6, description="design feed [H+] (initial input)")
     organic_flow_L_per_h: float = Field(gt=0, le=5000, description="loaded/recycled organic flow")
@@ -109,6 +115,19 @@ class CascadeConfig(StrictModel):
     def factor(self) -> float:
         """Throughput factor applied to this contactor (1 for mixer-settlers)."""
         return self.throughput_factor if self.contactor == "emulsion_flow" else 1.0
+
+    @property
+    def capacity_L_per_h(self) -> float:
+        """Total flow one stage disengages cleanly, L/h (capacity of this contactor type x area)."""
+        return self.disengagement_capacity_L_per_h_per_m2[self.contactor] * self.settler_area_m2
+
+    @field_validator("disengagement_capacity_L_per_h_per_m2")
+    @classmethod
+    def _capacities(cls, v: dict) -> dict:
+        for k in ("mixer_settler", "emulsion_flow"):
+            if not v.get(k, 0.0) > 0.0:
+                raise ValueError(f"disengagement_capacity_L_per_h_per_m2.{k}: a positive L/h/m2 is required")
+        return v
 
     @property
     def mixer_holdup_L(self) -> float:

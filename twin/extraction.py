@@ -43,7 +43,12 @@ Entrainment (crud at the settler interfaces): organic leaves with the raffinate 
     Q_e = φ · Q_raff · f,   φ = φ_crud (1 − f_clear),   f = 1 − V_e / ΣV_os°
 
 (f_clear: fraction of the interface free of crud, 1 in normal operation; φ_crud: organic volume
-per raffinate volume with the interface covered; V_e = ``cum_raffinate_organic``, the organic
+per raffinate volume with the interface covered), plus flooding past the settler's capacity
+
+    φ += φ_flood · max(Q/Q_cap − 1, 0)²,   Q = Q_raff + Q_o (stage 1),   Q_cap = q_cap,type · A_s
+
+(q_cap,type L/h/m2 per contactor type; quadratic so that φ and dφ/dQ vanish at the knee and the
+steady state below capacity is exactly the one without flooding; V_e = ``cum_raffinate_organic``, the organic
 lost so far). The closed organic loop has no make-up, so the organic layers of the settlers thin
 in proportion to their design hold-ups, V_os,k = f·V_os,k°, and the entrained organic carries its
 own metal: each settler loses q_k = Q_e V_os,k°/ΣV_os° of organic at its concentration, so
@@ -118,6 +123,8 @@ class CascadeParams:
     strip_H: float = 0.0
     interface_clear: float = 1.0  # f_clear: settler interface free of crud (1: clean)
     crud_entrainment: float = 0.25  # φ_crud: organic per raffinate volume, interface covered
+    capacity: float = float("inf")  # Q_cap: total flow a settler disengages cleanly, m3/s
+    flood_entrainment: float = 0.0  # φ_flood: organic per raffinate volume at Q = 2 Q_cap
 
     @property
     def n_stages(self) -> int:
@@ -160,6 +167,7 @@ def params_from_config(cfg) -> CascadeParams:
         organic_flow=q_org * L_PER_H,
         scrub_flow=cfg.scrub_flow_L_per_h * L_PER_H, scrub_H=cfg.scrub_acid_mol_per_L * MOL_PER_L,
         strip_flow=cfg.strip_flow_L_per_h * L_PER_H, strip_H=cfg.strip_acid_mol_per_L * MOL_PER_L,
+        capacity=cfg.capacity_L_per_h * L_PER_H, flood_entrainment=cfg.flood_entrainment,
     )
 
 
@@ -256,12 +264,19 @@ class Cascade:
         """f = 1 − V_e/ΣV_os°: share of the settlers' design organic hold-up still held."""
         return max(1.0 - x[self.i_entrained] / float(p.v_org_settler.sum()), 1e-9)
 
-    def entrainment(self, x: np.ndarray, q_raff: float, p: CascadeParams):
+    @staticmethod
+    def flood_fraction(q_total: float, p: CascadeParams) -> float:
+        """φ_flood·max(Q/Q_cap − 1, 0)²: organic per raffinate volume carried past capacity."""
+        over = q_total / p.capacity - 1.0
+        return p.flood_entrainment * over * over if over > 0.0 else 0.0
+
+    def entrainment(self, x: np.ndarray, q_raff: float, p: CascadeParams, q_org: float = 0.0):
         """(Q_e m3/s, composition of the entrained organic mol/m3, V_os m3 per stage)."""
-        if p.interface_clear >= 1.0 and x[self.i_entrained] == 0.0:
+        phi = p.crud_entrainment * (1.0 - p.interface_clear) + self.flood_fraction(q_raff + q_org, p)
+        if phi <= 0.0 and x[self.i_entrained] == 0.0:
             return 0.0, 0.0, p.v_org_settler  # clean interface, nothing lost (normal operation)
         f = self.organic_fill(x, p)
-        q_e = p.crud_entrainment * (1.0 - p.interface_clear) * q_raff * f
+        q_e = phi * q_raff * f
         if q_e <= 0.0:
             return 0.0, 0.0, f * p.v_org_settler
         c_e = (p.v_org_settler @ self.split(x)[3]) / float(p.v_org_settler.sum())
@@ -305,7 +320,7 @@ class Cascade:
         dam /= p.v_aq_mixer[:, None]
         dom[:] = (qo * (np.roll(so, 1, axis=0) - om) + rate) / p.v_org_mixer[:, None]
         dsa[:] = qa[:, None] * (am - sa) / p.v_aq_settler[:, None]
-        q_e, c_e, v_os = self.entrainment(x, qa[0], p)
+        q_e, c_e, v_os = self.entrainment(x, qa[0], p, qo)
         dso[:] = qo * (om - so) / v_os[:, None]
         m = self.n_stage_states
         nc = self.nc
@@ -322,7 +337,7 @@ class Cascade:
         qf, qo, qs, qst, qa = self.flows(u)
         ns = self.nc - 1
         raff, strip = sa[0].copy(), sa[self.ne + self.ns]
-        q_e, c_e, v_os = self.entrainment(x, qa[0], p)
+        q_e, c_e, v_os = self.entrainment(x, qa[0], p, qo)
         if qa[0] > 0.0:
             raff[:ns] += q_e * c_e / qa[0]
         organic = q_e / (qa[0] + q_e) if q_e > 0.0 else 0.0

@@ -153,7 +153,7 @@ def _mixer_blocks(c, x, u, p, qa, qo) -> np.ndarray:
 def _entrainment_entries(c, x, q_raff, qo, p, sl, data) -> None:
     """Settler-organic flow terms (hold-ups f·V_os°) and the entrainment terms, in place."""
     ns = c.nc - 1
-    q_e, c_e, v_os = c.entrainment(x, q_raff, p)
+    q_e, c_e, v_os = c.entrainment(x, q_raff, p, qo)
     _, om, _, so = c.split(x)
     fo = np.repeat(qo / v_os, ns)
     data[sl["so_om"]], data[sl["so_so"]] = fo, -fo
