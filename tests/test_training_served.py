@@ -73,7 +73,12 @@ async def _end_when(url: str, pki, done: asyncio.Event) -> str:
     try:
         idx = await client.get_namespace_index(load_config().opcua.namespace_uri)
         obj = client.get_node(ua.NodeId("Instructor", idx))
-        score = await client.get_node(ua.NodeId("Instructor.Score", idx)).read_value()
+        score_node = client.get_node(ua.NodeId("Instructor.Score", idx))
+        for _ in range(300):  # the live score follows the trainee's actions within a few updates
+            score = await score_node.read_value()
+            if score > 0:
+                break
+            await asyncio.sleep(0.1)
         open_ = await client.get_node(ua.NodeId("Instructor.OpenObjectives", idx)).read_value()
         answer = await obj.call_method(ua.NodeId("Instructor.End", idx))
         return answer, score, open_
