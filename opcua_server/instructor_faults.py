@@ -158,7 +158,7 @@ def _no_fault(text: str, listing: str) -> FaultView:
     kind = text.split("@")[0]
     if kind not in FAULT_KINDS and not kind.isdigit():
         raise ValueError(f"unknown fault kind {kind!r}: use one of {kinds_sentence()}")
-    raise ValueError(f"no fault {text!r} scheduled or acting in this session; faults: {listing}")
+    raise ValueError(f"no fault {text!r} scheduled or acting in the served session; faults: {listing}")
 
 
 def cleared_journal(session, view: FaultView) -> list:

@@ -59,7 +59,7 @@ class Response(StrictModel):
     above: float | None = None
     below: float | None = None
     after_alarm: str | None = Field(None, description="timed from this alarm's first raise")
-    after_s: float | None = Field(None, ge=0, description="timed from this session time")
+    after_s: float | None = Field(None, ge=0, description="timed from this time into the session (s)")
     within_s: float = Field(gt=0, le=86400)
     points: float = Field(gt=0, le=100)
     text: str = ""
