@@ -46,7 +46,7 @@ class CellMpcConfig(StrictModel):
     temperature_weight: float = Field(0.01, ge=0, le=1e9, description="per degC²")
     current_weight: float = Field(2.5e-3, ge=0, le=1e9, description="per A² away from the current setpoint")
     move_weights: tuple[float, float, float] = Field(
-        (1e-3, 1e-6, 1e-2), description="per unit² of Δu: current A, salt feed g/h, heater kW")
+        (1e-3, 1e-3, 1e-2), description="per unit² of Δu: current A, salt feed g/h, heater kW")
 
     @field_validator("move_weights")
     @classmethod
