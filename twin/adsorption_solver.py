@@ -8,12 +8,11 @@ structured solve (``twin.adsorption_linalg``), and the step size carried over fr
 call, needs a handful of steps per call. Linear invariants (the element balances) are kept
 exactly by any Rosenbrock method with the exact Jacobian.
 
-Scheme (Hairer & Wanner, Solving ODEs II, §IV.7; coefficients as in the RODAS3 of KPP,
-Sandu et al. 1997), autonomous form (the inputs are held over a step):
-
-    G = I/(h γ) − J(y_n),   γ = 1/2
-    G k_i = f(y_n + Σ_j a_ij k_j) + Σ_j (c_ij / h) k_j,   i = 1..4
-    y_n+1 = y_n + Σ_i m_i k_i,   error estimate e = k_4 (a difference of orders 3 and 2)
+Scheme: ``twin.rosenbrock.RODAS3`` (Hairer & Wanner, Solving ODEs II, §IV.7; Sandu et al. 1997),
+autonomous form (the inputs are held over a step), one step by ``twin.rosenbrock.rosenbrock_step``
+with the error norm and step-size control of that module. The flowsheet steps the carousel with
+the same tableau through ``twin.rosenbrock.Rosenbrock`` (kept across synchronisation steps);
+this class is the ``solve_ivp`` face of it for ``twin.integrate.advance``.
 
 The owner (the unit) provides ``linear_system(y, alpha)`` (an object whose ``solve(r)`` gives
 G⁻¹ r for the inputs and parameters of the owner's latest ``derivatives`` call: they are fixed
@@ -25,11 +24,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.integrate import DenseOutput, OdeSolver
 
-GAMMA = 0.5
-A = {(2, 1): 0.0, (3, 1): 2.0, (3, 2): 0.0, (4, 1): 2.0, (4, 2): 0.0, (4, 3): 1.0}
-C = {(2, 1): 4.0, (3, 1): 1.0, (3, 2): -1.0, (4, 1): 1.0, (4, 2): -1.0, (4, 3): -8.0 / 3.0}
-M = (2.0, 0.0, 1.0, 1.0)
-SAFETY, FAC_MIN, FAC_MAX = 0.9, 0.2, 6.0
+from .rosenbrock import RODAS3, error_norm, rosenbrock_step, step_factor
+
+GAMMA = RODAS3.gamma
 
 
 class Rodas3(OdeSolver):
@@ -51,18 +48,10 @@ class Rodas3(OdeSolver):
         self.nlu = 0
 
     def _attempt(self, h: float):
-        y, f = self.y, self.f
-        system = self.owner.linear_system(y, 1.0 / (GAMMA * h))
+        system = self.owner.linear_system(self.y, 1.0 / (GAMMA * h))
         self.nlu += 1
-        k1 = system.solve(f)
-        k2 = system.solve(f + (C[2, 1] / h) * k1)
-        k3 = system.solve(self.fun(self.t + h, y + A[3, 1] * k1) + (C[3, 1] * k1 + C[3, 2] * k2) / h)
-        y4 = y + A[4, 1] * k1 + A[4, 3] * k3
-        k4 = system.solve(self.fun(self.t + h, y4) + (C[4, 1] * k1 + C[4, 2] * k2 + C[4, 3] * k3) / h)
-        y_new = y + M[0] * k1 + M[2] * k3 + M[3] * k4
-        scale = self.atol + self.rtol * np.maximum(np.abs(y), np.abs(y_new))
-        err = float(np.sqrt(np.mean((k4 / scale) ** 2)))
-        return y_new, err
+        y_new, e = rosenbrock_step(RODAS3, self.fun, self.t, self.y, self.f, h, system.solve)
+        return y_new, error_norm(e, self.y, y_new, self.rtol, self.atol)
 
     def _step_impl(self):
         remaining = self.t_bound - self.t
@@ -107,10 +96,7 @@ class _Linear(DenseOutput):
 
 
 def _factor(err: float) -> float:
-    """Step-size factor from the error norm (order 3 local error of the embedded pair)."""
-    if not np.isfinite(err):
-        return FAC_MIN
-    return min(FAC_MAX, max(FAC_MIN, SAFETY * max(err, 1e-12) ** (-1.0 / 3.0)))
+    return step_factor(err)
 
 
 def rodas3_for(owner) -> type[Rodas3]:
