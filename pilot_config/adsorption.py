@@ -9,7 +9,14 @@ Isotherm (per species i, competitive Langmuir on one set of sites, acid-dependen
 
 with c in mol/m3 (= mmol/L), K in m3/mol, q in mol/kg (= mmol/g). ``n_i`` is the number of
 protons the adsorbed ion displaces (3 for Ln3+, Fe3+, Al3+; 2 for UO2 2+; 4 for Th4+), so
-1 M acid cuts K by 100^3 against the 0.01 M loading acidity: that is how elution works.
+1 M acid cuts K by 100^3 against the 0.01 M loading acidity: that is how elution works. The
+same n_i is the exchange stoichiometry of the acid balance: each ion loaded releases n_i H+ into
+the liquid, each ion eluted takes n_i back (M^n+ + n HR ⇌ MR_n + n H+).
+
+Mass-transfer rate (``k_ldf_per_s``) is the value at the design superficial velocity; the film
+part of it follows the flow (Wilson–Geankoplis, with ``particle_diameter_m`` and
+``ion_diffusivity_m2_per_s``; ``film_correlation: none`` holds k_LDF at the configured value at
+every flow). The equations are in ``twin.adsorption``.
 
 Shipped defaults (the design basis of the pilot line; feed ~40 L/h of leach liquor at 0.01 M H+
 with Nd 300, Pr 80, Dy 60, Tb 15, Fe 2000, Al 800, U 5, Th 10 mg/L):
@@ -23,6 +30,10 @@ with Nd 300, Pr 80, Dy 60, Tb 15, Fe 2000, Al 800, U 5, Th 10 mg/L):
   Fe 1e-4, Al 5e-5, U 0.05, Th 0.05 m3/mol: each < 0.1 % of the sites, rejection > 99 %.
 - LDF rate 1e-3 1/s for the HREE (τ ≈ 17 min), 2e-3 1/s for the others (tune): about 30
   transfer units per bed at the design flow, a mass-transfer zone of ~10 % of the bed.
+- Film: 0.5 mm beads, Dy3+ diffusivity 5.8e-10 m2/s (infinite dilution, 25 °C: CRC Handbook,
+  "Ionic conductivity and diffusion at infinite dilution"), design superficial velocity
+  5.093 m/h (40 L/h on Ø 0.10 m = 250 L/h on Ø 0.25 m): k_f = 3.4e-5 m/s, the film holds about
+  a quarter of the Dy/Tb resistance at the design flow (k_LDF 0.94× at half flow, 1.06× at twice).
 - Bed Péclet number v·L/D_ax = 80 (packed bed with some wall effect; the upwind grid of 40
   cells has exactly this numerical dispersion, finer grids subtract it; a larger Pe refines the
   grid to ⌈Pe/2⌉ cells automatically, see ``twin.adsorption``).
@@ -37,6 +48,8 @@ with Nd 300, Pr 80, Dy 60, Tb 15, Fe 2000, Al 800, U 5, Th 10 mg/L):
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from .base import StrictModel, check_every_species
@@ -50,7 +63,8 @@ class IsothermParams(StrictModel):
         ge=0, le=1e6, description="Langmuir affinity at the reference acidity, m3/mol = L/mmol (tune)")
     proton_exponent: float = Field(
         3.0, ge=0, le=6, description="n in K = K_L·([H+]/[H+]_ref)^-n: protons displaced per ion")
-    k_ldf_per_s: float = Field(gt=0, le=10, description="linear-driving-force rate constant (tune)")
+    k_ldf_per_s: float = Field(
+        gt=0, le=10, description="linear-driving-force rate constant at the design superficial velocity (tune)")
 
 
 def _iso(q: float, k: float, n: float, kl: float) -> IsothermParams:
@@ -86,6 +100,14 @@ class ColumnConfig(StrictModel):
         40, ge=10, le=200, description="finite volumes along the bed (at least; refined to ⌈Pe/2⌉ cells)")
     reference_acidity_mol_per_L: float = Field(
         0.01, gt=1e-5, le=5, description="[H+] at which K_L holds (the loading acidity)")
+    film_correlation: Literal["wilson_geankoplis", "none"] = Field(
+        "wilson_geankoplis",
+        description="film coefficient k_f(u): wilson_geankoplis (Sh = 1.09/ε·(Re·Sc)^1/3), none (k_LDF fixed)")
+    particle_diameter_m: float = Field(5.0e-4, gt=1e-5, le=0.01, description="adsorbent bead diameter d_p")
+    ion_diffusivity_m2_per_s: float = Field(
+        5.8e-10, gt=1e-11, le=1e-8, description="liquid diffusivity of the loading ions D_m (Dy3+, 25 °C)")
+    design_superficial_velocity_m_per_h: float = Field(
+        5.093, gt=0.01, le=100, description="superficial velocity at which the k_ldf_per_s hold (design feed)")
     isotherms: dict[str, IsothermParams] = Field(
         default_factory=default_isotherms, description="competitive Langmuir per species")
 

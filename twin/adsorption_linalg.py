@@ -3,9 +3,10 @@
 Structure used (see ``twin.adsorption`` for J):
 - the adsorbent rows are diagonal in q (LDF), so q is eliminated cell by cell (static
   condensation): (α + k_i) z_q,i = r_q,i + Σ_j A_ij z_c,j + a_i z_H, with A = k·∂q*/∂c and
-  a = k·∂q*/∂H. The liquid rows then read
+  a = k·∂q*/∂H (k per column and species). The liquid rows then read
   α z_c − (T z)_c + (ρ_b/ε)·α/(α + k)·(A z_c + a z_H) = r_c + (ρ_b/ε)·k/(α + k)·r_q
-  (T: transport), a system in the liquid only;
+  α z_H − (T z)_H − Σ_i n_i (ρ_b/ε)·α/(α + k_i)·(A z_c + a z_H)_i = r_H − Σ_i n_i (ρ_b/ε)·k_i/(α + k_i)·r_q,i
+  (T: transport; the second line is the protons released on uptake), a system in the liquid only;
 - ordering the columns in flow order (lead, lag, the others) makes that liquid system banded
   with kl = ku = (species + 1): the lead → lag coupling is just "the upstream cell" across the
   column boundary. It is factored with LAPACK's banded LU (dgbtrf/dgbtrs);
@@ -49,12 +50,12 @@ class CarouselSystem:
 
     def __init__(self, unit, x, u, p, alpha: float):
         self.unit, self.alpha = unit, alpha
-        r, v, disp, qmax, _ = unit.routing(u, p)
+        r, v, disp, qmax, _, k = unit.routing(u, p)  # k: (cols, 1, ns)
         liq, _, _ = unit.split(x)
         ns, nc, n = unit.ns, unit.nc, unit.n_cells
         _, dq_dc, dq_dh = langmuir(liq[..., :ns], liq[..., ns], qmax, p, derivatives=True)
-        k = p.k_ldf
-        self.a_c = k[:, None] * dq_dc  # (cols, cells, ns, ns)
+        self.n_h = p.proton_exponent
+        self.a_c = k[..., None] * dq_dc  # (cols, cells, ns, ns)
         self.a_h = k * dq_dh  # (cols, cells, ns)
         self.ratio = p.bulk_density / p.porosity
         self.beta = k / (alpha + k)
@@ -71,9 +72,12 @@ class CarouselSystem:
         faces = np.full(n, 2.0)
         faces[0] = faces[-1] = 1.0
         blocks = np.zeros((unit.n_columns, n, nc, nc))
-        w = self.ratio * (alpha / (alpha + k))[:, None]
-        blocks[..., :ns, :ns] = w * self.a_c
-        blocks[..., :ns, ns] = w[:, 0] * self.a_h
+        w = self.ratio * alpha / (alpha + k)  # (cols, 1, ns)
+        blocks[..., :ns, :ns] = w[..., None] * self.a_c
+        blocks[..., :ns, ns] = w * self.a_h
+        nw = self.n_h * w  # the acid row: protons released by the uptake of every species
+        blocks[..., ns, :ns] = -(nw[..., None, :] @ self.a_c)[..., 0, :]
+        blocks[..., ns, ns] = -(nw * self.a_h).sum(axis=-1)
         idx = np.arange(nc)
         blocks[..., idx, idx] += (alpha + vz[:, None] + dd[:, None] * faces[None, :])[..., None]
         lay = unit._band
@@ -101,6 +105,7 @@ class CarouselSystem:
         r_liq, r_q, r_cum = unit.split(rhs)
         b = r_liq.copy()
         b[..., :ns] += self.ratio * self.beta * r_q
+        b[..., ns] -= self.ratio * ((self.beta * r_q) @ self.n_h)
         kl = unit._band.kl
         if self.identity:
             z_perm, _ = dgbtrs(self.lu, kl, kl, b.reshape(-1, 1), self.piv, overwrite_b=1)
