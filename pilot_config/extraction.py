@@ -22,6 +22,10 @@ by it (finer emulsion, more interfacial area) and hence a settler (disengagement
 divided by it. k·a·τ_mix, and so the stage efficiency and the steady state, is the same for
 both contactors; the emulsion-flow cascade is smaller and its dynamics faster.
 Source of the factor: MISSION.md (4× throughput, 1/3–1/4 the size).
+Past the settler capacity (``disengagement_capacity_L_per_h_per_m2`` × ``settler_area_m2``) organic
+is entrained (``flood_entrainment``) and k·a falls (``efficiency_loss``); each settler phase is
+``settler_cells`` cells in series (equations in ``twin.extraction``). At load, k·a·τ_mix ≥ 1 is
+required in every section (extraction, scrub, strip) at the design flows.
 """
 
 from __future__ import annotations
@@ -94,6 +98,10 @@ class CascadeConfig(StrictModel):
         description="total flow (aq + org) per settler area a contactor type disengages cleanly")
     flood_entrainment: float = Field(
         0.01, ge=0, le=1, description="organic per raffinate volume at twice the capacity (quadratic above it)")
+    efficiency_loss: float = Field(
+        1.0, ge=0, le=100, description="β: k·a / (1 + β·max(Q/Q_cap − 1, 0)²) past the capacity (stage flow Q)")
+    settler_cells: int = Field(
+        2, ge=1, le=10, description="well-mixed cells in series per settler phase (1: one CSTR)")
     design_feed_flow_L_per_h: float = Field(gt=0, le=1000, description="aqueous feed for sizing checks")
     feed_acidity_mol_per_L: float = Field(0.3, ge=0, le=6, description="design feed [H+] (initial input)")
     organic_flow_L_per_h: float = Field(gt=0, le=5000, description="loaded/recycled organic flow")
@@ -141,17 +149,32 @@ class CascadeConfig(StrictModel):
     def effective_mass_transfer_per_s(self) -> float:
         return self.mass_transfer_per_s * self.factor
 
-    def mixer_residence_s(self) -> float:
-        """Mixer residence time in the extraction section (the busiest) at design flows."""
-        q = self.design_feed_flow_L_per_h + self.scrub_flow_L_per_h + self.organic_flow_L_per_h
-        return 3600.0 * self.mixer_holdup_L / q
+    def section_flows_L_per_h(self) -> dict[str, tuple[str, float]]:
+        """Total mixer flow per section at design flows: (the field of its aqueous flow, L/h)."""
+        q_o = self.organic_flow_L_per_h
+        return {"extraction": ("design_feed_flow_L_per_h + scrub_flow_L_per_h",
+                               self.design_feed_flow_L_per_h + self.scrub_flow_L_per_h + q_o),
+                "scrub": ("scrub_flow_L_per_h", self.scrub_flow_L_per_h + q_o),
+                "strip": ("strip_flow_L_per_h", self.strip_flow_L_per_h + q_o)}
+
+    def mixer_residence_s(self, section: str = "extraction") -> float:
+        """Mixer residence time of a section at design flows (extraction: the busiest)."""
+        return 3600.0 * self.mixer_holdup_L / self.section_flows_L_per_h()[section][1]
+
+    def stage_ka_tau(self, section: str) -> float:
+        """k·a·τ_mix of a section at design flows (k·a reduced past the capacity)."""
+        over = max(self.section_flows_L_per_h()[section][1] / self.capacity_L_per_h - 1.0, 0.0)
+        ka = self.effective_mass_transfer_per_s / (1.0 + self.efficiency_loss * over * over)
+        return ka * self.mixer_residence_s(section)
 
     @model_validator(mode="after")
     def _sizing(self) -> "CascadeConfig":
-        ka_tau = self.effective_mass_transfer_per_s * self.mixer_residence_s()
-        if ka_tau < 1.0:
-            raise ValueError(
-                f"mixer_volume_L ({self.mixer_volume_L}) too small for mass_transfer_per_s "
-                f"({self.mass_transfer_per_s}) at the design flows: k·a·τ_mix = {ka_tau:.2f} < 1 "
-                "(stage efficiency below 50%)")
+        for section, (flow_field, q) in self.section_flows_L_per_h().items():
+            ka_tau = self.stage_ka_tau(section)
+            if ka_tau < 1.0:
+                raise ValueError(
+                    f"{section} section: mixer_volume_L ({self.mixer_volume_L}) too small for "
+                    f"mass_transfer_per_s ({self.mass_transfer_per_s}) at {flow_field} + organic_flow_L_per_h "
+                    f"({q:g} L/h): k·a·τ_mix = {ka_tau:.2f} < 1 (stage efficiency below 50 %); "
+                    "allowed: k·a·τ_mix >= 1 in every section")
         return self

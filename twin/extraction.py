@@ -6,21 +6,41 @@ Layout (stages k = 1..N in flowsheet order: extraction 1..Ne | scrub | strip):
     aqueous : scrub acid → last scrub stage → … → feed stage Ne (+ feed) → … → 1 → raffinate
               strip acid → stage N → … → first strip stage → strip liquor
 
-Per stage, four well-mixed constant-volume hold-ups (SI: m3, mol/m3, s); concentrations are the
-states. Components c: the species of ``pilot_config.base.SPECIES`` plus H+ (aqueous only).
+Units SI (m3, mol/m3, s). Components c: the species of ``pilot_config.base.SPECIES`` plus H+
+(aqueous only). Per stage a mixer and a settler, each holding an aqueous and an organic phase.
 
-    mixer aq   : V_am dC_am/dt = Q_a (C_a,in − C_am) − N + [H+ row: + Σ_i z_i N_i]
-    mixer org  : V_om dC_om/dt = Q_o (C_o,in − C_om) + N
-    settler aq : V_as dC_as/dt = Q_a (C_am − C_as)
-    settler org: V_os dC_os/dt = Q_o (C_om − C_os)
+Mixer: fixed total volume V_m, the phase split following the entering flows at once,
+
+    V_om = ε V_m,  V_am = (1 − ε) V_m,  ε = Q_o/(Q_o + Q_a)  (bounded to 0.05–0.95)
+
+(assumption: the mixer's residence time, 0.5–2 min, is short against the flow moves and the
+hours of the cascade's dynamics; the bounds stand for phase continuity). Its states are the moles
+per phase n = V·C, so a split change moves no metal: C = n/V jumps by V_old/V_new and relaxes
+within τ_mix, the same metal leaving as the displaced volume would carry.
+
+    dn_am/dt = Q_a (C_a,in − C_am) − N + [H+ row: + Σ_i z_i N_i]
+    dn_om/dt = Q_o (C_o,in − C_om) + N
+
+Settler: each phase N_c equal well-mixed cells in series (``settler_cells``; 1: one CSTR),
+
+    (V_as/N_c) dC_as,j/dt = Q_a (C_as,j−1 − C_as,j),   C_as,0 = C_am   (organic alike)
+
+a residence-time distribution of mean τ_s = V_s/Q whatever N_c, variance τ_s²/N_c and mode
+(dead time) (N_c − 1)/N_c · τ_s (Levenspiel, Chemical Reaction Engineering, ch. 14).
 
 Mass transfer (aq → org, mol/s), a driving force toward equilibrium C_org = D·C_aq:
 
-    N_i = k·a · V_am V_om (D_i C_am,i − C_om,i) / (V_am + D_i V_om)
+    N_i = k·a_k · V_am V_om (D_i C_am,i − C_om,i) / (V_am + D_i V_om)
 
 which relaxes the mixer's departure from equilibrium g = C_aq − C_org/D at exactly the rate
-k·a (1/s) for any D and phase ratio, equals k·a·V_am·(C_aq − C_org/D) when D·V_om ≫ V_am, and
-stays bounded as D → 0 in the strip section (rate k·a on the organic side instead).
+k·a (1/s) for any D and phase ratio (Murphree efficiency k·a·τ/(1 + k·a·τ) of a mixer of
+residence time τ) and stays bounded as D → 0 in the strip section. Past the settler's
+capacity the dispersion band reaches the weirs and phases back-mix between stages; lumped as a
+smooth loss of k·a (assumption, β = ``efficiency_loss``):
+
+    k·a_k = k·a / (1 + β · max(Q_k/Q_cap − 1, 0)²),   Q_k = Q_a,k + Q_o
+
+(unchanged, and so the steady state, below capacity; k·a halves at Q_k = (1 + β^−½) Q_cap).
 
 Distribution (``pilot_config.extraction``), written as one power law per species:
 
@@ -35,8 +55,8 @@ the acidity and D change from stage to stage. Saponified extractant (fraction s 
 as Na/NH4 salt) neutralises Q_o·s·C_HA mol/s of aqueous acid in the mixer of stage 1 (its
 organic inlet), limited smoothly as [H+] → 0: rate · H/(H + 1 mol/m3).
 
-Outlets (integrated into ``cum_<outlet>_<sp|H|volume>``): ``raffinate`` = settler aq of stage 1
-(flow Q_feed + Q_scrub), ``strip`` = settler aq of the first strip stage (flow Q_strip).
+Outlets (integrated into ``cum_<outlet>_<sp|H|volume>``): ``raffinate`` = last settler aq cell
+of stage 1 (flow Q_feed + Q_scrub), ``strip`` = that of the first strip stage (flow Q_strip).
 
 Entrainment (crud at the settler interfaces): organic leaves with the raffinate at
 
@@ -51,33 +71,38 @@ per raffinate volume with the interface covered), plus flooding past the settler
 steady state below capacity is exactly the one without flooding; V_e = ``cum_raffinate_organic``, the organic
 lost so far). The closed organic loop has no make-up, so the organic layers of the settlers thin
 in proportion to their design hold-ups, V_os,k = f·V_os,k°, and the entrained organic carries its
-own metal: each settler loses q_k = Q_e V_os,k°/ΣV_os° of organic at its concentration, so
+own metal: each settler cell loses q = Q_e (V_os,k°/N_c)/ΣV_os° of organic at its concentration, so
 
-    d(V_os,k C_os,k)/dt = Q_o (C_om,k − C_os,k) − q_k C_os,k   ⇒   V_os,k dC_os,k/dt = Q_o (C_om,k − C_os,k)
+    d(V_os,kj C_os,kj)/dt = Q_o (C_in − C_os,kj) − q C_os,kj   ⇒   V_os,kj dC_os,kj/dt = Q_o (C_in − C_os,kj)
 
-and the raffinate outlet books Σ_k q_k C_os,k mol/s beside its aqueous flow (metal in the
+and the raffinate outlet books Σ q C_os,kj mol/s beside its aqueous flow (metal in the
 ``raffinate.<sp>`` outputs per m3 of aqueous raffinate; ``raffinate.organic`` = Q_e/(Q_raff + Q_e),
-organic volume fraction in the raffinate, shown in ppm). Element balance: exact, whatever φ
-(entrainment from the inner settlers returns to the next mixer and stays in the cascade).
-Reported pH: mixer aqueous phase.
+organic volume fraction in the raffinate, shown in ppm). Element balance: exact, whatever φ, the
+flows and the mixer split (entrainment from the inner settlers returns to the next mixer and stays
+in the cascade). ``organic_inventory``: the solvent at the design split (a split change moves
+solvent between a stage's mixer and its settler layer; the loop's solvent changes by V_e only).
+Reported pH: mixer aqueous phase. Per-stage outputs: the settler outlet cells.
 Purities on an REO (oxide mass) basis: Dy2O3, Tb4O7, Nd2O3, Pr6O11.
 Sources: /work/shared/design/PROCESS_MODELS.md; Kremser closed form for checks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from pilot_config.base import L_PER_H, MOL_PER_L, SPECIES
+from pilot_config.base import MOL_PER_L, SPECIES
 
-from .extraction_support import (
+from .extraction_support import (  # noqa: F401  (CascadeParams, params_from_config: the unit's API)
     H_FLOOR,
+    SPLIT_MAX,
+    SPLIT_MIN,
+    CascadeParams,
     _smax,
     analytic_jacobian,
     distribution,
     jac_pattern,
+    organic_split,
+    params_from_config,
     steady_state,
 )
 from .unit import index_map
@@ -95,82 +120,6 @@ def reo_purity(n: np.ndarray, species: str, names: tuple[str, ...] = SPECIES) ->
     return float(w[REE.index(species)] / total) if total > 1e-30 else 0.0
 
 
-@dataclass(frozen=True, eq=False)
-class CascadeParams:
-    n_extraction: int
-    n_scrub: int
-    n_strip: int
-    v_aq_mixer: np.ndarray  # m3 per stage
-    v_org_mixer: np.ndarray
-    v_aq_settler: np.ndarray
-    v_org_settler: np.ndarray
-    mass_transfer: float  # k·a, 1/s
-    extractant: float  # C_HA, mol/m3 (monomer)
-    log_a: np.ndarray  # ln A_i
-    order_ha: np.ndarray  # n_i
-    order_h: np.ndarray  # p_i
-    charge: np.ndarray  # z_i
-    kex_scaled: np.ndarray  # bool: f_kex applies
-    saponification: float = 0.0
-    kex_factor: float = 1.0
-    extractant_factor: float = 1.0
-    design_feed_flow: float = 0.0  # m3/s
-    design_feed_H: float = 0.0  # mol/m3
-    organic_flow: float = 0.0
-    scrub_flow: float = 0.0
-    scrub_H: float = 0.0
-    strip_flow: float = 0.0
-    strip_H: float = 0.0
-    interface_clear: float = 1.0  # f_clear: settler interface free of crud (1: clean)
-    crud_entrainment: float = 0.25  # φ_crud: organic per raffinate volume, interface covered
-    capacity: float = float("inf")  # Q_cap: total flow a settler disengages cleanly, m3/s
-    flood_entrainment: float = 0.0  # φ_flood: organic per raffinate volume at Q = 2 Q_cap
-
-    @property
-    def n_stages(self) -> int:
-        return self.n_extraction + self.n_scrub + self.n_strip
-
-
-def params_from_config(cfg) -> CascadeParams:
-    """SI parameters from a ``CascadeConfig`` (volumes split by design phase ratio in mixers)."""
-    st = cfg.stages
-    n = st.total
-    q_org = cfg.organic_flow_L_per_h
-    q_aq = np.array([cfg.design_feed_flow_L_per_h + cfg.scrub_flow_L_per_h] * st.extraction
-                    + [cfg.scrub_flow_L_per_h] * st.scrub + [cfg.strip_flow_L_per_h] * st.strip)
-    v_mix = cfg.mixer_holdup_L * 1e-3
-    v_set = cfg.settler_holdup_L * 1e-3 * np.ones(n)
-    frac_aq = q_aq / (q_aq + q_org)
-    log_a, order_ha, order_h, charge, scaled = [], [], [], [], []
-    for sp in SPECIES:
-        m = cfg.distribution[sp]
-        if m.model == "constant":
-            a, nn, pp = np.log(m.D), 0.0, 0.0
-        elif m.model == "mass_action":
-            a, nn, pp = np.log(m.Kex), m.n, float(m.charge)
-        else:
-            a, nn, pp = m.intercept * np.log(10.0), 0.0, m.slope_per_pH
-        log_a.append(a), order_ha.append(nn), order_h.append(pp)
-        charge.append(float(m.charge)), scaled.append(m.model != "constant")
-    return CascadeParams(
-        n_extraction=st.extraction, n_scrub=st.scrub, n_strip=st.strip,
-        v_aq_mixer=v_mix * frac_aq, v_org_mixer=v_mix * (1.0 - frac_aq),
-        v_aq_settler=v_set * cfg.settler_aqueous_fraction,
-        v_org_settler=v_set * (1.0 - cfg.settler_aqueous_fraction),
-        mass_transfer=cfg.effective_mass_transfer_per_s,
-        extractant=cfg.extractant_concentration_mol_per_L * MOL_PER_L,
-        log_a=np.array(log_a), order_ha=np.array(order_ha), order_h=np.array(order_h),
-        charge=np.array(charge), kex_scaled=np.array(scaled),
-        saponification=cfg.saponification_fraction,
-        design_feed_flow=cfg.design_feed_flow_L_per_h * L_PER_H,
-        design_feed_H=cfg.feed_acidity_mol_per_L * MOL_PER_L,
-        organic_flow=q_org * L_PER_H,
-        scrub_flow=cfg.scrub_flow_L_per_h * L_PER_H, scrub_H=cfg.scrub_acid_mol_per_L * MOL_PER_L,
-        strip_flow=cfg.strip_flow_L_per_h * L_PER_H, strip_H=cfg.strip_acid_mol_per_L * MOL_PER_L,
-        capacity=cfg.capacity_L_per_h * L_PER_H, flood_entrainment=cfg.flood_entrainment,
-    )
-
-
 class Cascade:
     """The cascade as a Unit of (t, x, u, p); see the module docstring for the equations."""
 
@@ -181,12 +130,17 @@ class Cascade:
         self.n = n = p.n_stages
         ns = len(SPECIES)
         self.nc = nc = ns + 1  # + H
-        self.width = 2 * nc + 2 * ns  # states per stage
+        self.cells_per_settler = nn = p.settler_cells
+        self.width = (nn + 1) * (nc + ns)  # states per stage: mixer | settler cells (aq | org)
         comps = (*SPECIES, "H")
         stage_names = []
         for k in range(1, n + 1):
-            for phase, cs in zip(PHASES, (comps, SPECIES, comps, SPECIES)):
-                stage_names += [f"stage{k}.{phase}.{c}" for c in cs]
+            stage_names += [f"stage{k}.mixer.aq.{c}" for c in comps]
+            stage_names += [f"stage{k}.mixer.org.{c}" for c in SPECIES]
+            for j in range(1, nn + 1):
+                cell = "" if nn == 1 else f"{j}"
+                stage_names += [f"stage{k}.settler{cell}.aq.{c}" for c in comps]
+                stage_names += [f"stage{k}.settler{cell}.org.{c}" for c in SPECIES]
         cum = []
         for outlet in ("raffinate", "strip"):
             cum += [f"cum_{outlet}_{c}" for c in comps] + [f"cum_{outlet}_volume"]
@@ -212,14 +166,30 @@ class Cascade:
         self._up = up
         self._p0 = p
         self._pattern = None
+        self._flow_cache = None
+        self._prev = np.roll(np.arange(n), 1)  # organic from the previous stage (1 ← N)
         self.i_entrained = self.state_index["cum_raffinate_organic"]
 
     # -- layout helpers --------------------------------------------------------------------
-    def split(self, x: np.ndarray):
-        """Views (stages × comps) of mixer aq, mixer org, settler aq, settler org."""
+    def cells(self, x: np.ndarray):
+        """Views of the states: mixer aq mol (stages × comps), mixer org mol (stages × species),
+        settler aq mol/m3 (stages × cells × comps), settler org mol/m3 (stages × cells × species)."""
         s = x[: self.n_stage_states].reshape(self.n, self.width)
-        nc, ns = self.nc, self.nc - 1
-        return s[:, :nc], s[:, nc:nc + ns], s[:, nc + ns:2 * nc + ns], s[:, 2 * nc + ns:]
+        nc, nb = self.nc, 2 * self.nc - 1
+        cell = s[:, nb:].reshape(self.n, self.cells_per_settler, nb)
+        return s[:, :nc], s[:, nc:nb], cell[:, :, :nc], cell[:, :, nc:]
+
+    def split(self, x: np.ndarray, u: np.ndarray | None = None, p: CascadeParams | None = None):
+        """Per-stage concentrations (stages × comps, mol/m3): mixer aq, mixer org (at the split of
+        the flows in ``u``; the design split if None), settler aq and org outlets (views)."""
+        p = self._p0 if p is None else p
+        am, om, sa, so = self.cells(x)
+        if u is None:
+            va, vo = p.v_aq_mixer, p.v_org_mixer
+        else:
+            _, qo, _, _, qa = self.flows(u)
+            va, vo = self.mixer_volumes(qa, qo, p)
+        return am / va[:, None], om / vo[:, None], sa[:, -1], so[:, -1]
 
     def flows(self, u: np.ndarray):
         """(Q_feed, Q_org, Q_scrub, Q_strip, aqueous flow per stage), m3/s, negatives as 0."""
@@ -234,16 +204,29 @@ class Cascade:
         qa[self.ne + self.ns:] = qst
         return qf, qo, qs, qst, qa
 
+    @staticmethod
+    def mixer_volumes(qa: np.ndarray, qo: float, p: CascadeParams) -> tuple[np.ndarray, np.ndarray]:
+        """(V_am, V_om) m3 per stage: the mixer's volume split as the entering flows."""
+        vm = p.v_aq_mixer + p.v_org_mixer
+        eps = organic_split(qa, qo, p.v_org_mixer / vm)
+        return vm * (1.0 - eps), vm * eps
+
+    @staticmethod
+    def mass_transfer(qa: np.ndarray, qo: float, p: CascadeParams) -> np.ndarray:
+        """k·a per stage, 1/s: k·a / (1 + β max(Q_k/Q_cap − 1, 0)²)."""
+        over = np.maximum((qa + qo) / p.capacity - 1.0, 0.0)
+        return p.mass_transfer / (1.0 + p.efficiency_loss * over * over)
+
     def initial_state(self, p: CascadeParams) -> np.ndarray:
         """Barren cascade: fresh organic, aqueous at the acidity of the acid each section sees."""
         x = np.zeros(len(self.state_names))
-        am, _, sa, _ = self.split(x)
+        am, _, sa, _ = self.cells(x)
         h = np.empty(self.n)
         h[: self.ne] = p.design_feed_H
         h[self.ne: self.ne + self.ns] = p.scrub_H
         h[self.ne + self.ns:] = p.strip_H
-        am[:, -1] = h
-        sa[:, -1] = h
+        am[:, -1] = h * p.v_aq_mixer
+        sa[:, :, -1] = h[:, None]
         return x
 
     def design_inputs(self, p: CascadeParams, feed_conc: np.ndarray | None = None,
@@ -279,24 +262,35 @@ class Cascade:
         q_e = phi * q_raff * f
         if q_e <= 0.0:
             return 0.0, 0.0, f * p.v_org_settler
-        c_e = (p.v_org_settler @ self.split(x)[3]) / float(p.v_org_settler.sum())
+        c_e = (p.v_org_settler @ self.cells(x)[3].mean(axis=1)) / float(p.v_org_settler.sum())
         return q_e, c_e, f * p.v_org_settler
 
-    def transfer(self, am: np.ndarray, om: np.ndarray, p: CascadeParams):
-        """Mass-transfer rate N (mol/s, stages × species), D and the pieces of its derivative."""
-        d, dlnd_dh, dlnd_dload = distribution(am[:, -1], om, p)
-        va, vo = p.v_aq_mixer[:, None], p.v_org_mixer[:, None]
-        den = va + d * vo
-        rate = p.mass_transfer * va * vo * (d * am[:, :-1] - om) / den
-        return rate, d, den, dlnd_dh, dlnd_dload
+    def mixers(self, x: np.ndarray, qa: np.ndarray, qo: float, p: CascadeParams):
+        """(V_am, V_om, C_am, C_om, k·a per stage) at the flows ``qa`` (per stage) and ``qo``."""
+        key = (qa[0], qa[self.ne], qa[-1], qo)  # the volumes and k·a depend on the flows only
+        hit = self._flow_cache
+        if hit is None or hit[1] is not p or hit[0] != key:
+            va, vo = self.mixer_volumes(qa, qo, p)
+            hit = self._flow_cache = (key, p, va[:, None], vo[:, None], self.mass_transfer(qa, qo, p))
+        _, _, va, vo, ka = hit
+        s = x[: self.n_stage_states].reshape(self.n, self.width)
+        nc = self.nc
+        return va[:, 0], vo[:, 0], s[:, :nc] / va, s[:, nc:2 * nc - 1] / vo, ka
 
-    def inflow_aq(self, sa: np.ndarray, u: np.ndarray, qa: np.ndarray, qf: float, qs: float,
+    @staticmethod
+    def transfer(ca, co, va, vo, ka, p: CascadeParams) -> np.ndarray:
+        """Mass-transfer rate N (mol/s, stages × species) from mixer concentrations."""
+        d = distribution(ca[:, -1], co, p)[0]
+        va, vo = va[:, None], vo[:, None]
+        return ka[:, None] * va * vo * (d * ca[:, :-1] - co) / (va + d * vo)
+
+    def inflow_aq(self, sa_out: np.ndarray, u: np.ndarray, qa: np.ndarray, qf: float, qs: float,
                   qst: float) -> np.ndarray:
-        """Aqueous inflow to each mixer, mol/s (stages × comps)."""
+        """Aqueous inflow to each mixer, mol/s (stages × comps), from the settler outlets."""
         ii = self.input_index
         up = self._up
         q_up = np.append(qa, 0.0)[up]
-        src = np.vstack([sa, np.zeros(self.nc)])[up]
+        src = np.vstack([sa_out, np.zeros(self.nc)])[up]
         ain = q_up[:, None] * src
         feed = np.append(u[ii["feed_Dy"]: ii["feed_Dy"] + self.nc - 1], u[ii["feed_H"]])
         ain[self.ne - 1] += qf * feed
@@ -305,43 +299,43 @@ class Cascade:
         return ain
 
     def derivatives(self, t: float, x: np.ndarray, u: np.ndarray, p: CascadeParams) -> np.ndarray:
-        am, om, sa, so = self.split(x)
+        _, _, sa, so = self.cells(x)
         qf, qo, qs, qst, qa = self.flows(u)
-        rate = self.transfer(am, om, p)[0]
+        va, vo, ca, co, ka = self.mixers(x, qa, qo, p)
+        rate = self.transfer(ca, co, va, vo, ka, p)
         dx = np.empty_like(x)
-        dam, dom, dsa, dso = self.split(dx)
-        ain = self.inflow_aq(sa, u, qa, qf, qs, qst)
-        dam[:] = ain - qa[:, None] * am
+        dam, dom, dsa, dso = self.cells(dx)
+        dam[:] = self.inflow_aq(sa[:, -1], u, qa, qf, qs, qst) - qa[:, None] * ca
         dam[:, :-1] -= rate
         dam[:, -1] += rate @ p.charge
         if p.saponification > 0.0:
-            h1 = am[0, -1]
+            h1 = ca[0, -1]
             dam[0, -1] -= qo * p.saponification * p.extractant * p.extractant_factor * h1 / (h1 + 1.0)
-        dam /= p.v_aq_mixer[:, None]
-        dom[:] = (qo * (np.roll(so, 1, axis=0) - om) + rate) / p.v_org_mixer[:, None]
-        dsa[:] = qa[:, None] * (am - sa) / p.v_aq_settler[:, None]
+        dom[:] = qo * (so[self._prev, -1] - co) + rate
+        nn = self.cells_per_settler
+        dsa[:] = qa[:, None, None] * (np.concatenate([ca[:, None], sa[:, :-1]], axis=1) - sa)
+        dsa /= (p.v_aq_settler / nn)[:, None, None]
         q_e, c_e, v_os = self.entrainment(x, qa[0], p, qo)
-        dso[:] = qo * (om - so) / v_os[:, None]
-        m = self.n_stage_states
-        nc = self.nc
-        dx[m: m + nc] = qa[0] * sa[0]
+        dso[:] = qo * (np.concatenate([co[:, None], so[:, :-1]], axis=1) - so) / (v_os / nn)[:, None, None]
+        m, nc = self.n_stage_states, self.nc
+        dx[m: m + nc] = qa[0] * sa[0, -1]
         dx[m: m + nc - 1] += q_e * c_e
         dx[m + nc] = qa[0]
-        dx[m + nc + 1: m + 2 * nc + 1] = qst * sa[self.ne + self.ns]
+        dx[m + nc + 1: m + 2 * nc + 1] = qst * sa[self.ne + self.ns, -1]
         dx[m + 2 * nc + 1] = qst
         dx[self.i_entrained] = q_e
         return dx
 
     def outputs(self, t: float, x: np.ndarray, u: np.ndarray, p: CascadeParams) -> np.ndarray:
-        am, om, sa, so = self.split(x)
-        qf, qo, qs, qst, qa = self.flows(u)
+        ca, _, sa, so = self.split(x, u, p)
+        _, qo, _, qst, qa = self.flows(u)
         ns = self.nc - 1
         raff, strip = sa[0].copy(), sa[self.ne + self.ns]
         q_e, c_e, v_os = self.entrainment(x, qa[0], p, qo)
         if qa[0] > 0.0:
             raff[:ns] += q_e * c_e / qa[0]
         organic = q_e / (qa[0] + q_e) if q_e > 0.0 else 0.0
-        ph = -np.log10(_smax(am[:, -1], H_FLOOR) / MOL_PER_L)
+        ph = -np.log10(_smax(ca[:, -1], H_FLOOR) / MOL_PER_L)
         per_stage = np.hstack([sa[:, :ns], so, ph[:, None]]).ravel()
         return np.concatenate([
             [qa[0]], raff, [qst], strip, per_stage,
@@ -349,14 +343,15 @@ class Cascade:
 
     # -- bookkeeping ------------------------------------------------------------------------
     def organic_inventory(self, x: np.ndarray, p: CascadeParams) -> float:
-        """Organic solvent held in the cascade, m3 (settler layers thinned by entrainment)."""
+        """Organic solvent held in the cascade, m3 (design split; layers thinned by entrainment)."""
         return float(p.v_org_mixer.sum() + self.organic_fill(x, p) * p.v_org_settler.sum())
 
     def phase_inventory(self, x: np.ndarray, p: CascadeParams) -> tuple[np.ndarray, np.ndarray]:
         """(aqueous mol per species + H, organic mol per species), all stages."""
-        am, om, sa, so = self.split(x)
-        aq = p.v_aq_mixer @ am + p.v_aq_settler @ sa
-        org = p.v_org_mixer @ om + self.organic_fill(x, p) * (p.v_org_settler @ so)
+        am, om, sa, so = self.cells(x)
+        nn = self.cells_per_settler
+        aq = am.sum(axis=0) + (p.v_aq_settler / nn) @ sa.sum(axis=1)
+        org = om.sum(axis=0) + self.organic_fill(x, p) * ((p.v_org_settler / nn) @ so.sum(axis=1))
         return aq, org
 
     def inventory(self, x: np.ndarray, p: CascadeParams) -> np.ndarray:
