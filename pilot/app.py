@@ -2,7 +2,10 @@
 
 ``simulate`` is the main job behind ``pilot simulate``: it runs the line on the virtual clock
 (as fast as the machine allows, or paced at ``speed`` × real time), records every tag into the
-embedded historian, and writes ``summary.json`` and the plots. A run folder it creates is
+embedded historian (its index built once at the end, ``SqliteSink(index_at_close=True)``), writes
+``summary.json``, and only then draws the plots (``draw_plots``, outside the timed run: a plot
+that fails is named in ``RunResult.plot_errors`` and leaves the summary and the history as they
+are; ``pilot simulate`` prints the summary before it draws). A run folder it creates is
 owner-only (0700) and so are the history and the summary (0600, from creation): they are process
 data. A folder that exists already keeps its mode.
 """
@@ -13,7 +16,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pilot_config.plant import PilotLineConfig
@@ -35,6 +38,9 @@ class RunResult:
     out_dir: Path
     summary: dict
     plots: tuple[Path, ...]
+    plot_errors: tuple[str, ...] = ()  # one line per plot that could not be drawn
+    profiles: tuple = ()  # (t, stage profile) every PROFILE_EVERY_S: the cascade plot's input
+    events: tuple = ()  # the plant's events (carousel switches on the plots)
 
 
 def simulate(
@@ -65,7 +71,7 @@ def simulate(
     for m in malfunctions:  # twin.malfunctions.Malfunction, scheduled by their onset
         inject(plant, m)
     units = {name: plant.unit_of(name) for name in plant.tags.bound}
-    sink = SqliteSink(history_path(out_dir))
+    sink = SqliteSink(db, index_at_close=True, durable=False)  # written start to end, read after
     sink.open()
     record_dt = config.simulation.record_period_s
     profiles: list[tuple[float, dict]] = [(0.0, plant.stage_profile())]
@@ -110,9 +116,14 @@ def simulate(
     if ctrl is not None:
         summary["control"] = ctrl.stats_summary(plant.t)
     write_private_text(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
-    plots: tuple[Path, ...] = ()
-    if make_plots:
-        from .plots import make_plots as _plots
+    result = RunResult(out_dir, summary, (), profiles=tuple(profiles), events=tuple(plant.events))
+    return draw_plots(result, config) if make_plots else result
 
-        plots = _plots(out_dir, config, profiles, plant.events)
-    return RunResult(out_dir, summary, plots)
+
+def draw_plots(result: RunResult, config: PilotLineConfig) -> RunResult:
+    """The run's PNGs from its closed history (``plots.make_plots``): the result with the plots
+    drawn and a line for each one that could not be."""
+    from .plots import make_plots
+
+    plots, errors = make_plots(result.out_dir, config, list(result.profiles), list(result.events))
+    return replace(result, plots=plots, plot_errors=errors)

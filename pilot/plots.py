@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .historian.sqlite import history_path, read_series  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 
 def _tags_by_signal(config, pattern: str) -> list[tuple[str, str, re.Match]]:
@@ -146,11 +149,21 @@ def plot_purity(db: Path, config, path: Path) -> Path:
     return path
 
 
-def make_plots(out_dir: Path, config, profiles, events) -> tuple[Path, ...]:
+def make_plots(out_dir: Path, config, profiles, events) -> tuple[tuple[Path, ...], tuple[str, ...]]:
+    """Every plot of the run: (the PNGs drawn, one line for each that could not be). A plot that
+    fails (a tag missing from the history, a full disk, a drawing error) is closed and skipped; the
+    others are still drawn."""
     db = history_path(out_dir)
-    return (
-        plot_adsorption(db, config, events, out_dir / "adsorption.png"),
-        plot_profiles(profiles, config, out_dir / "cascade_profile.png"),
-        plot_cells(db, config, out_dir / "cells.png"),
-        plot_purity(db, config, out_dir / "purity.png"),
-    )
+    jobs = (("adsorption.png", lambda p: plot_adsorption(db, config, events, p)),
+            ("cascade_profile.png", lambda p: plot_profiles(profiles, config, p)),
+            ("cells.png", lambda p: plot_cells(db, config, p)),
+            ("purity.png", lambda p: plot_purity(db, config, p)))
+    drawn, errors = [], []
+    for name, draw in jobs:
+        try:
+            drawn.append(draw(out_dir / name))
+        except Exception as exc:  # noqa: BLE001  (any failure of one plot: named, the rest drawn)
+            plt.close("all")
+            log.debug("plot %s failed", name, exc_info=True)
+            errors.append(f"{out_dir / name}: not drawn ({type(exc).__name__}: {exc})")
+    return tuple(drawn), tuple(errors)

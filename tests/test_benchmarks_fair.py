@@ -3,7 +3,9 @@ carousel of more than four columns built and run by the whole plant."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +102,49 @@ def test_a_six_column_carousel_builds_and_runs_an_hour():
     errors = plant.mass_balance()
     assert errors and all(abs(err) < 1e-3 for err in errors.values()), errors
     assert plant.ledger.totals()["in"].sum() > 0
+
+
+NEW_BENCHMARKS = ("closed_loop_speed.py", "memory_soak.py")
+
+
+@pytest.mark.parametrize("name", NEW_BENCHMARKS)
+def test_benchmark_sets_blas_threads_first_claims_its_cores_and_prints_the_load(name):
+    """Read as a reviewer would: ``import _machine`` before any import that loads numpy, the core
+    count claimed before anything is measured, the load line printed beside the figures."""
+    tree = ast.parse((ROOT / "benchmarks" / name).read_text())
+    imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = [(n.module if isinstance(n, ast.ImportFrom) else n.names[0].name) or "" for n in imports]
+    first_heavy = next(i for i, m in enumerate(names) if m.split(".")[0] in
+                       ("numpy", "scipy", "pilot", "twin", "controllers", "opcua_server", "pilot_config"))
+    assert "_machine" in names[:first_heavy], names
+    calls = {f"{c.func.value.id}.{c.func.attr}" for c in ast.walk(tree) if isinstance(c, ast.Call)
+             and isinstance(c.func, ast.Attribute) and isinstance(c.func.value, ast.Name)}
+    assert {"_machine.claim", "_machine.load_line", "_machine.add_arguments"} <= calls, calls
+
+
+def _bench_module(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return module
+
+
+def test_memory_soak_compares_the_halves_and_reads_rss_like_the_os(monkeypatch):
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+                 "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        monkeypatch.setenv(name, "1")
+    soak = _bench_module("memory_soak")
+    mib = 2 ** 20
+    levelled = [(10.0 * k, (200 + min(k, 3)) * mib) for k in range(11)]  # grows, then flat
+    assert soak.halves(levelled) == (3.0, 0.0)
+    leaking = [(10.0 * k, (200 + 2 * k) * mib) for k in range(11)]
+    assert soak.halves(leaking) == (10.0, 10.0)
+    with pytest.raises(ValueError):
+        soak.halves(levelled[:2])
+    status = Path(f"/proc/{os.getpid()}/status").read_text()
+    vm_rss = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
+    assert abs(soak.rss_bytes(os.getpid()) - vm_rss) < 64 * mib
