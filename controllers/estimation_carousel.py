@@ -2,13 +2,12 @@
 
 Public API (stable; the loop composes it)::
 
-    CarouselEstimator(line_cfg, config: CarouselEstimatorConfig | None = None, *, start="design")
+    CarouselEstimator(line_cfg, config: CarouselEstimatorConfig | None = None, *, start="design",
+                      executor=None, apply="inline")
         .step(snapshot, applied, t) -> CarouselEstimate        # an EstimateResult + .shadow
         .fork() -> CarouselEstimator                            # independent copy (what-if runs)
-    ShadowCarousel(name, p)                                     # the twin's column model, Dy+Tb only
-    shadow_params(line_cfg, n_cells) -> AdsorptionParams
-    forecast(model, p, x, u, horizon_s, limit, blocks_s, deadline=None, rtol=3e-3, atol=1e-5)
-        -> Forecast
+        .cancel()                                               # drop the jobs not yet started
+    ShadowCarousel, shadow_params, feed_of, forecast, Forecast  # from ``controllers.carousel_refit``
 
 Shadow model. The twin's ``AdsorptionCarousel`` (same equations, same RODAS3 solver, see
 ``twin.adsorption``) restricted to the two species that load (Dy, Tb; the other six hold < 1 %
@@ -20,18 +19,16 @@ capacity factors θ_k (q_max,k = θ_k·q_max). Offline roles are not simulated: 
 elution (1 M acid: K ÷ 10⁶) is reset to clean adsorbent; wash/regenerate/standby carry no flow.
 
 Capacity θ_k: nothing about θ_k is observable before the front reaches the column outlet (the
-failed EKF of the previous session). After every reset the estimator records the column's
+failed EKF of the previous design). After every reset the estimator records the column's
 inlet (flow, Dy, Tb; the feed when lead, the shadow's lead outlet when lag). When an outlet
 sample (ADS.COLk.OUT.Dy/Tb, at its *sample* time) or the shadow's own prediction shows
-breakthrough (C/C0 ≥ ``fit_threshold``), θ_k is fitted by re-simulation — a 1-D search:
+breakthrough (C/C0 ≥ ``fit_threshold``), θ_k is fitted by re-simulation (``carousel_refit.fit``):
 
-    θ̂_k = argmin_θ Σ_s Σ_{Dy,Tb} ((c_sim(t_s; θ) − c_meas,s)/σ_s)²,
+    θ̂_k = root of Σ_s Σ_{Dy,Tb} (c_sim(t_s; θ) − c_meas,s)/σ_s² = 0,
 
-evaluated for a grid of candidates at once (the candidates are parallel columns of one
-``ShadowCarousel``, all fed the recorded inlet over ``fit_block_s`` blocks), refined once on a
-finer grid around the best, then a parabola in ln θ. The variance of ln θ̂ is 2/SSE''. The
-fitted column's *state* at t is taken from the re-simulation (no linear shift of a sharp front);
-if it is now the lead, the lag behind it is re-simulated with the corrected inlet too.
+the candidates simulated at once as parallel columns of one ``ShadowCarousel`` fed the recorded
+inlet. The fitted column's *state* is taken from the re-simulation (no linear shift of a sharp
+front); if it is the lead, the lag behind it is re-simulated with the corrected inlet too.
 Fits run only on new informative samples and at most every ``fit_interval_s`` per column, so
 ordinary ticks cost one shadow step (~1 ms).
 Samples: BAD → dropped; UNCERTAIN → σ·√``uncertain_variance_factor``; a sample already seen
@@ -40,132 +37,69 @@ Samples: BAD → dropped; UNCERTAIN → σ·√``uncertain_variance_factor``; a 
 Time to breakthrough: a copy of the shadow is run ahead (roles and feed held, blocks of
 ``forecast_block_s``) until the lag outlet Dy+Tb C/C0 reaches ADS.BT_LIMIT_SP; the crossing is
 interpolated within the block. Re-forecast every ``forecast_period_s``, on a role change, a
-feed-flow change > 2 % and after a fit; in between the crossing time is carried. Beyond ``forecast_horizon_s`` the
-horizon is published.
+feed-flow change > 2 % and after a fit; in between the crossing time is carried. Beyond
+``forecast_horizon_s`` the horizon is published.
+
+Slow work (fits 0.2–2 s, forecasts 0.1–1 s) is a job of values (``carousel_refit.refit``,
+``run_forecast``) submitted at the tick where it is due to ``executor`` (a
+``concurrent.futures`` executor; None: run at once on the caller's thread), and applied by
+``apply``:
+
+- ``"inline"``: in the same tick (the job runs at once; the tick waits for it);
+- ``"next_tick"``: at the start of the next tick, waiting for it if it has not finished: the same
+  snapshots give the same estimates whatever the machine (virtual-clock runs, training replays);
+- ``"worker"``: at the first tick after it finished; the tick never waits (live).
+
+A fit is computed from the data up to its submission time t_s and gives the column's state at
+t_s; when it is applied at t_a the shadow is re-advanced from that state over the ticks between
+(their recorded inputs and role resets, one shadow step each), so the front lands where the
+new capacity puts it at t_a. A forecast made from the state at t_s counts its crossing from
+t_s. Until a job lands the previous θ̂ and crossing are carried. ``derived`` says which time
+each is from: ``forecast_from_s``, ``col<k>.capacity_from_s`` (NaN: none yet / the prior).
 
 Published: ``ADS.COLk.LOADING.EST`` (%, HREE sites used of the column's capacity θ_k·q_max, the
-twin's ``colk.loading_fraction``), ``ADS.COLk.CAPACITY.EST`` (θ_k), ``ADS.LAG.TIME_TO_BT.EST`` (s).
+twin's ``colk.loading_fraction``), ``ADS.COLk.CAPACITY.EST`` (θ_k), ``ADS.LAG.TIME_TO_BT.EST`` (s;
+not published before the first forecast has landed).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import time
+import logging
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import Field
 
-from pilot_config.base import (
-    HREE,
-    MOL_PER_L,
-    MOLAR_MASS_G_PER_MOL,
-    SPECIES,
-    StrictModel,
-)
+from pilot_config.base import HREE, MOLAR_MASS_G_PER_MOL
 from twin import adsorption as ads
 from twin.integrate import advance
 from twin.signals import Quality, Sample
 
+from .carousel_refit import (
+    CarouselEstimatorConfig,
+    FitContext,
+    FitJob,
+    FitResult,
+    Forecast,
+    LagJob,
+    ShadowCarousel,
+    feed_of,
+    forecast,
+    refit,
+    run_forecast,
+    shadow_params,
+)
+from .carousel_worker import Apply, Job, JobQueue
 from .estimation import EstimateResult
 
+__all__ = ["L_PER_H", "LOADING_ROLES", "CarouselEstimate", "CarouselEstimator", "CarouselEstimatorConfig",
+           "Forecast", "ShadowCarousel", "ShadowState", "feed_of", "forecast", "shadow_params"]
+log = logging.getLogger(__name__)
 L_PER_H = 1e-3 / 3600.0
 LOADING_ROLES = (ads.ROLE_LEAD, ads.ROLE_LAG)
-
-
-class CarouselEstimatorConfig(StrictModel):
-    n_cells: int = Field(20, ge=4, le=200, description="cells per column of the shadow model")
-    rtol: float = Field(1e-3, gt=0, le=0.1, description="shadow integration tolerance")
-    fit_threshold: float = Field(0.005, gt=0, le=0.5, description="outlet C/C0 that triggers a fit")
-    fit_interval_s: float = Field(900.0, ge=0, le=86400, description="min time between fits of a column")
-    fit_block_s: float = Field(300.0, gt=0, le=7200, description="inlet blocks near the sample window")
-    fit_coarse_block_s: float = Field(3600.0, gt=0, le=86400, description="inlet blocks before it")
-    fit_fine_window_s: float = Field(3 * 3600.0, gt=0, le=86400, description="window of fine blocks before now")
-    fit_upper: float = Field(0.9, gt=0, le=1, description="no more fits once the outlet C/C0 exceeds this")
-    max_fits: int = Field(3, ge=1, le=1000, description="fits per loading cycle of a column")
-    fit_shrinks: int = Field(1, ge=0, le=10, description="bracket-shrinking rounds before the final one")
-    fit_candidates: int = Field(6, ge=3, le=25, description="candidates per grid round")
-    capacity_bounds: tuple[float, float] = Field((0.05, 1.5), description="search range of θ")
-    prior_ln_capacity_sd: float = Field(1.0, gt=0, le=10, description="sd of ln θ before a fit (weak prior)")
-    model_sd_fraction: float = Field(0.01, ge=0, le=1, description="model error, fraction of c_feed")
-    uncertain_variance_factor: float = Field(10.0, ge=1, le=1e6, description="R multiplier, UNCERTAIN")
-    fit_atol: float = Field(1e-6, gt=0, le=1e-2, description="re-simulation absolute tolerance (mol/m3)")
-    forecast_rtol: float = Field(3e-3, gt=0, le=0.1, description="forecast integration tolerance")
-    forecast_atol: float = Field(1e-5, gt=0, le=1e-2, description="forecast absolute tolerance (mol/m3)")
-    forecast_period_s: float = Field(4 * 3600.0, gt=0, le=86400,
-                                     description="re-forecast period (also on role, flow, limit changes and fits)")
-    forecast_horizon_s: float = Field(16 * 3600.0, gt=0, le=7 * 86400, description="forecast horizon")
-    forecast_block_s: float = Field(1800.0, gt=0, le=86400, description="forecast block far from the limit")
-    forecast_fine_block_s: float = Field(300.0, gt=0, le=86400, description="block once C/C0 > limit/10")
-    history_s: float = Field(7200.0, gt=0, le=86400, description="kept shadow outlet history")
-
-
-# -- the shadow model -----------------------------------------------------------------------
-class ShadowCarousel(ads.AdsorptionCarousel):
-    """The twin's ``AdsorptionCarousel`` over the HREE only (with ``shadow_params``)."""
-
-    def __init__(self, name: str, p: ads.AdsorptionParams, species: tuple[str, ...] = HREE):
-        super().__init__(name, p, species)
-
-
-def shadow_params(line_cfg, n_cells: int, n_columns: int | None = None,
-                  capacity: np.ndarray | None = None) -> ads.AdsorptionParams:
-    """The twin's carousel parameters on ``n_cells`` cells, HREE only; ``n_columns`` parallel
-    columns (the fit's candidates) with ``capacity`` factors if given."""
-    cfg = line_cfg.adsorption
-    col = cfg.column.model_copy(update={"n_cells": max(n_cells, 10)})
-    p = ads.params_from_config(cfg.model_copy(update={"column": col}))
-    idx = [SPECIES.index(s) for s in HREE]
-    n = n_columns or p.n_columns
-    cap = np.ones(n) if capacity is None else np.asarray(capacity, dtype=float)
-    return dataclasses.replace(
-        p, n_cells=n_cells, n_columns=n, q_max=p.q_max[idx], log_k_ref=p.log_k_ref[idx],
-        proton_exponent=p.proton_exponent[idx], k_ldf=p.k_ldf[idx], capacity_factor=cap,
-        dispersion_factor=np.ones(n), dp_factor=np.ones(n))
-
-
-def feed_of(line_cfg) -> tuple[np.ndarray, float]:
-    """Feed Dy, Tb (mol/m3) and H+ (mol/m3) from the config."""
-    f = line_cfg.feed
-    return (np.array([f.composition_mg_per_L[s] / MOLAR_MASS_G_PER_MOL[s] for s in HREE]),
-            f.acidity_mol_per_L * MOL_PER_L)
-
-
-@dataclass(frozen=True)
-class Forecast:
-    t_cross: float | None  # s after the start when the lag C/C0 reaches the limit (None: not within)
-    times: tuple[float, ...]  # block ends, s after the start
-    breakthrough: tuple[float, ...]  # lag C/C0 at the block ends
-    completed: bool  # False: stopped by the deadline
-
-
-def forecast(model: ShadowCarousel, p, x: np.ndarray, u: np.ndarray, horizon_s: float, limit: float,
-             blocks_s: tuple[float, float], deadline: float | None = None, rtol: float = 3e-3,
-             atol: float = 1e-5) -> Forecast:
-    """Run the shadow ahead with ``u`` held until the lag C/C0 reaches ``limit`` or the horizon,
-    in blocks of ``blocks_s[0]``, ``blocks_s[1]`` once C/C0 > limit/10 (the crossing is
-    interpolated in a short block); ``deadline`` (perf_counter) stops it (``completed=False``)."""
-    i_bt = model.output_index["lag_breakthrough"]
-    bt0 = float(model.outputs(0.0, x, u, p)[i_bt])
-    times, bts, t = [0.0], [bt0], 0.0
-    if bt0 >= limit:
-        return Forecast(0.0, tuple(times), tuple(bts), True)
-    while t < horizon_s - 1e-9:
-        if deadline is not None and time.perf_counter() > deadline:
-            return Forecast(None, tuple(times), tuple(bts), False)
-        t1 = min(t + (blocks_s[1] if bts[-1] > 0.1 * limit else blocks_s[0]), horizon_s)
-        x = advance(model, t, t1, x, u, p, rtol=rtol, atol=atol)
-        bt = float(model.outputs(t1, x, u, p)[i_bt])
-        times.append(t1)
-        bts.append(bt)
-        if bt >= limit:
-            w = (limit - bts[-2]) / max(bt - bts[-2], 1e-12)
-            return Forecast(t + w * (t1 - t), tuple(times), tuple(bts), True)
-        t = t1
-    return Forecast(None, tuple(times), tuple(bts), True)
 
 
 @dataclass(frozen=True)
@@ -202,7 +136,8 @@ class CarouselEstimator:
 
     unit = "adsorption"
 
-    def __init__(self, line_cfg, config: CarouselEstimatorConfig | None = None, *, start: str = "design"):
+    def __init__(self, line_cfg, config: CarouselEstimatorConfig | None = None, *, start: str = "design",
+                 executor=None, apply: Apply = "inline"):
         self.cfg = c = config or CarouselEstimatorConfig()
         self.line_cfg = line_cfg
         self.n = n = line_cfg.adsorption.n_columns
@@ -211,11 +146,13 @@ class CarouselEstimator:
         self._fmodel = ShadowCarousel(self.unit, self.p)  # forecasts keep their own step size
         self.c_feed, self.h_feed = feed_of(line_cfg)
         self.c_feed_mg = self.c_feed * np.array([MOLAR_MASS_G_PER_MOL[s] for s in HREE])
+        self._ctx = FitContext(self.p, c, self.c_feed, self.h_feed, self.c_feed_mg)
         self.u = self.model.design_inputs(self.p, line_cfg.feed.flow_L_per_h * L_PER_H, self.c_feed, self.h_feed)
         loading = "lead_saturated" if start == "design" else "fresh"
         self.x = self.model.initial_state(self.p, loading, self.c_feed, self.h_feed)
         self.theta = np.ones(n)
         self.theta_var = np.full(n, c.prior_ln_capacity_sd ** 2)
+        self.theta_from = np.full(n, np.nan)  # the time each θ̂ is fitted from (NaN: the prior)
         self.roles = tuple(int(r) for r in self.u[:n])
         self.role_since = [0.0] * n
         self.segments: list[_Segment | None] = [
@@ -227,23 +164,36 @@ class CarouselEstimator:
         self._outlets: deque = deque()  # (t, c_out (n, 2) mg/L)
         self._fc: tuple[float, Forecast] | None = None
         self._fc_flow = self.feed_flow
+        self._fc_event = False  # a forecast is due once the one in flight has landed
         self._pending: set[int] = set()
+        self.jobs = JobQueue(executor, apply)
         by_name = {tg.name: tg for tg in line_cfg.tags}
         self._sd = {f"ADS.COL{k}.OUT.{s}": (by_name[f"ADS.COL{k}.OUT.{s}"].noise_sd or 0.0)
                     if f"ADS.COL{k}.OUT.{s}" in by_name else 0.1 for k in range(1, n + 1) for s in HREE}
-        self.fit_log: list[dict] = []  # (t, column, θ̂, sd, n samples, seconds): for docs and tests
+        self.fit_log: list[dict] = []  # t (data), applied, column, capacity, sd, samples, seconds
+        self.forecast_log: list[dict] = []  # t (data), applied, t_cross, seconds
 
     def fork(self) -> CarouselEstimator:
-        """An independent copy (for what-if runs; ``copy.deepcopy`` would share the solver's owner)."""
-        new = CarouselEstimator(self.line_cfg, self.cfg)
-        for name in ("x", "u", "theta", "theta_var"):
+        """An independent copy (for what-if runs; ``copy.deepcopy`` would share the solver's owner).
+        Jobs in flight are inherited (the fork applies them at its next tick, waiting for them);
+        its own jobs run at once on the caller's thread."""
+        new = CarouselEstimator(self.line_cfg, self.cfg, apply="inline" if self.jobs.apply == "inline" else "next_tick")
+        for name in ("x", "u", "theta", "theta_var", "theta_from"):
             setattr(new, name, getattr(self, name).copy())
         new.p, new.roles, new.role_since = self.p, self.roles, list(self.role_since)
-        new.segments = copy.deepcopy(self.segments)
+        memo: dict = {}
+        new.segments = copy.deepcopy(self.segments, memo)
         new.t, new.feed_flow, new.limit, new._fc, new._fc_flow = self.t, self.feed_flow, self.limit, self._fc, self._fc_flow
         new._seen, new._outlets, new._pending = dict(self._seen), deque(self._outlets), set(self._pending)
-        new.fit_log = list(self.fit_log)
+        new._fc_event = self._fc_event
+        new.jobs.jobs = [dataclasses.replace(j, x=None if j.x is None else j.x.copy(), log=list(j.log),
+                                             lag_seg=memo.get(id(j.lag_seg))) for j in self.jobs.jobs]
+        new.fit_log, new.forecast_log = list(self.fit_log), list(self.forecast_log)
         return new
+
+    def cancel(self) -> None:
+        """Cancel the jobs not yet started and forget every job in flight (the loop shuts down)."""
+        self.jobs.cancel()
 
     # -- inputs --------------------------------------------------------------------------
     def _read_roles(self, snapshot: Mapping[str, Sample]) -> tuple[int, ...]:
@@ -268,21 +218,27 @@ class CarouselEstimator:
             return float(s.value) / 100.0
         return self.limit
 
-    def _apply_roles(self, roles: tuple[int, ...], t_change: float) -> bool:
-        """Take the observed roles; True if the loading (lead/lag) roles changed."""
+    def _apply_roles(self, roles: tuple[int, ...], t_change: float) -> tuple[bool, tuple[int, ...]]:
+        """Take the observed roles: (the loading (lead/lag) roles changed, the columns reset)."""
         loading_before = self.u[:self.n].copy()
-        liq, sol, _ = self.model.split(self.x)
+        resets = []
         for k, (old, new) in enumerate(zip(self.roles, roles)):
             if old == new:
                 continue
             self.role_since[k] = t_change
             if new == ads.ROLE_ELUTE:  # 1 M acid strips the bed: clean from here on
-                liq[k], sol[k] = 0.0, 0.0
-                liq[k, :, -1] = self.p.regen_H
+                self._clean(self.x, k)
                 self.segments[k] = _Segment(t_change)
+                resets.append(k)
         self.roles = roles
         self.u[:self.n] = [r if r in LOADING_ROLES else ads.ROLE_STANDBY for r in roles]
-        return bool(np.any(self.u[:self.n] != loading_before))
+        return bool(np.any(self.u[:self.n] != loading_before)), tuple(resets)
+
+    def _clean(self, x: np.ndarray, k: int) -> None:
+        """Column k of ``x`` (in place) as the elution leaves it: no metal, the regenerant's acid."""
+        liq, sol, _ = self.model.split(x)
+        liq[k], sol[k] = 0.0, 0.0
+        liq[k, :, -1] = self.p.regen_H
 
     # -- one tick ------------------------------------------------------------------------
     def step(self, snapshot: Mapping[str, Sample], applied: Mapping[str, float], t: float) -> CarouselEstimate:
@@ -292,8 +248,9 @@ class CarouselEstimator:
             for seg in self.segments:
                 if seg is not None:
                     seg.t0 = t
+        self._collect(t)
         t_prev = self.t if self.t is not None else t
-        changed = self._apply_roles(self._read_roles(snapshot), t_prev)
+        changed, resets = self._apply_roles(self._read_roles(snapshot), t_prev)
         self.feed_flow = self._read_flow(snapshot, applied)
         limit = self._read_limit(snapshot, applied)
         if limit != self.limit:
@@ -301,20 +258,101 @@ class CarouselEstimator:
         self.u[self.model.input_index["feed_flow"]] = self.feed_flow * L_PER_H
         if t > t_prev:
             self._advance(t_prev, t)
+        for job in self.jobs.jobs:
+            if job.kind == "fit":
+                job.log.append((resets, t_prev, t, self.u.copy()))
         self.t = t
         self._outlets.append((t, self._outlet_mg()))
         while self._outlets and self._outlets[0][0] < t - self.cfg.history_s:
             self._outlets.popleft()
         used, dropped, innov, nis = self._samples(snapshot)
-        fitted = self._fits(t)
+        self._fits(t)
         moved = abs(self.feed_flow - self._fc_flow) > 0.02 * max(self._fc_flow, 1.0)
-        if changed or fitted or moved or self._fc is None or t - self._fc[0] >= self.cfg.forecast_period_s:
-            self._fc_flow = self.feed_flow
-            c = self.cfg
-            self._fc = (t, forecast(self._fmodel, self.p, self.x.copy(), self.u.copy(), c.forecast_horizon_s,
-                                    self.limit, (c.forecast_block_s, c.forecast_fine_block_s),
-                                    rtol=c.forecast_rtol, atol=c.forecast_atol))
+        self._forecast(t, changed or moved)
         return self._result(t, used, dropped, innov, nis)
+
+    # -- jobs ------------------------------------------------------------------------------
+    def _submit(self, job: Job, fn, *args) -> None:
+        self.jobs.submit(job, fn, *args)
+        if self.jobs.apply == "inline":
+            self._collect(self.t, wait=True)
+
+    def _collect(self, t: float, wait: bool | None = None) -> None:
+        """Apply the finished jobs (``wait``: every job; None: as ``apply`` says), in order."""
+        for job, res in self.jobs.finished(self.jobs.apply != "worker" if wait is None else wait):
+            if job.kind == "fit":
+                self._apply_fit(job, res, t)
+            else:
+                self._fc = (job.t, res[0])
+                self.forecast_log.append({"t": job.t, "applied": t, "t_cross": res[0].t_cross, "seconds": res[1]})
+
+    def _fits(self, t: float) -> None:
+        """Submit the due fits, one in flight at a time (the others stay pending)."""
+        while not self.jobs.busy("fit"):
+            due = [k for k in sorted(self._pending) if self.segments[k] is not None
+                   and t - self.segments[k].last_fit >= self.cfg.fit_interval_s]
+            if not due:
+                return
+            k = due[0]
+            self._pending.discard(k)
+            seg = self.segments[k]
+            seg.last_fit, seg.n_fits = t, seg.n_fits + 1
+            lag, lag_seg = self._lag_job(k)
+            job = FitJob(k, t, tuple(seg.ticks), {ts: dict(v) for ts, v in seg.samples.items()},
+                         float(self.theta[k]), float(self.theta_var[k]), lag)
+            self._submit(Job("fit", t, None, self.x.copy(), [], lag_seg, len(lag.ticks) if lag else 0),
+                         refit, self._ctx, job)
+
+    def _lag_job(self, k: int) -> tuple[LagJob | None, _Segment | None]:
+        """The lag fed by column k if k is the lead (re-simulated with the corrected inlet: else it
+        keeps what the old shadow of k let through, e.g. between a switch and the fit of the new lead)."""
+        if self.roles[k] != ads.ROLE_LEAD or ads.ROLE_LAG not in self.roles:
+            return None, None
+        j = self.roles.index(ads.ROLE_LAG)
+        seg = self.segments[j]
+        if seg is None or not seg.ticks:
+            return None, None
+        return LagJob(j, tuple(seg.ticks), self.role_since[j], float(self.theta[j])), seg
+
+    def _apply_fit(self, job: Job, res: FitResult, t: float) -> None:
+        k = res.column
+        moved = abs(np.log(res.theta / self.theta[k])) > 0.02
+        self.theta[k], self.theta_var[k], self.theta_from[k] = res.theta, res.var, res.t
+        self.p = dataclasses.replace(self.p, capacity_factor=self.theta.copy())
+        if res.state is not None:
+            liq, sol, _ = self.model.split(job.x)
+            liq[k], sol[k] = res.state
+            if res.lag_state is not None and job.lag_seg is not None:
+                j = next((i for i, s in enumerate(self.segments) if s is job.lag_seg), None)
+                if j is not None:
+                    liq[j], sol[j] = res.lag_state
+                    job.lag_seg.ticks[:job.lag_n] = list(res.lag_ticks)
+            self.x = self._catch_up(job.x, job.log)
+        self._fc_event = self._fc_event or moved
+        self.fit_log.append({"t": res.t, "applied": t, "column": k + 1, "capacity": res.theta,
+                             "sd": float(np.sqrt(res.var)), "samples": res.samples, "seconds": res.seconds})
+
+    def _catch_up(self, x: np.ndarray, ticks: list) -> np.ndarray:
+        """``x`` advanced over the ticks recorded since it was taken (their role resets and inputs)."""
+        for resets, t0, t1, u in ticks:
+            for k in resets:
+                self._clean(x, k)
+            if t1 > t0:
+                x = advance(self.model, t0, t1, x, u, self.p, rtol=self.cfg.rtol, atol=1e-8)
+        return x
+
+    def _forecast(self, t: float, event: bool) -> None:
+        """Submit a forecast on an event (roles, limit, flow, a fit), periodically, or the first."""
+        self._fc_event = self._fc_event or event
+        if self.jobs.busy("forecast"):
+            return
+        if not (self._fc_event or self._fc is None or t - self._fc[0] >= self.cfg.forecast_period_s):
+            return
+        self._fc_event, self._fc_flow, c = False, self.feed_flow, self.cfg
+        local = self.jobs.local
+        self._submit(Job("forecast", t), run_forecast, self.p, self.x.copy(), self.u.copy(),
+                     c.forecast_horizon_s, self.limit, (c.forecast_block_s, c.forecast_fine_block_s),
+                     c.forecast_rtol, c.forecast_atol, self._fmodel if local else None)
 
     def _advance(self, t0: float, t1: float) -> None:
         liq, _, _ = self.model.split(self.x)
@@ -386,132 +424,6 @@ class CarouselEstimator:
                     self._pending.add(k)
         return tuple(used), dropped, innov, nis
 
-    # -- capacity fit by re-simulation ----------------------------------------------------
-    def _fits(self, t: float) -> bool:
-        done = False
-        for k in sorted(self._pending):
-            seg = self.segments[k]
-            if seg is None or t - seg.last_fit < self.cfg.fit_interval_s:
-                continue
-            self._pending.discard(k)
-            started = time.perf_counter()
-            theta, var, col_state = self._fit(seg, float(self.theta[k]), float(self.theta_var[k]))
-            if col_state is not None:
-                liq, sol, _ = self.model.split(self.x)
-                liq[k], sol[k] = col_state[:2]
-                self._rerun_lag_behind(k, *col_state[2:])
-            done = done or abs(np.log(theta / self.theta[k])) > 0.02
-            self.theta[k], self.theta_var[k] = theta, var
-            self.p = dataclasses.replace(self.p, capacity_factor=self.theta.copy())
-            seg.last_fit, seg.n_fits = t, seg.n_fits + 1
-            self.fit_log.append({"t": t, "column": k + 1, "capacity": theta, "sd": float(np.sqrt(var)),
-                                 "samples": len(seg.samples), "seconds": time.perf_counter() - started})
-        return done
-
-    def _rerun_lag_behind(self, k: int, times: np.ndarray, outlet: np.ndarray) -> None:
-        """Column k (now lead) was re-simulated: give the lag behind it the corrected inlet over
-        the ticks it was fed by k, and re-simulate the lag too (else it keeps the inflow the old
-        shadow of k let through, e.g. on the ticks between a switch and the fit of the new lead)."""
-        if self.roles[k] != ads.ROLE_LEAD or ads.ROLE_LAG not in self.roles:
-            return
-        j = self.roles.index(ads.ROLE_LAG)
-        seg, since = self.segments[j], self.role_since[j]
-        if seg is None or not seg.ticks:
-            return
-        seg.ticks = [(t0, t1, q, c if t0 < since else np.array([np.interp(t0, times, outlet[:, i])
-                                                                   for i in range(outlet.shape[1])]))
-                     for t0, t1, q, c in seg.ticks]
-        _, liq_j, sol_j, _ = self._simulate(seg, np.array([self.theta[j]]), self._blocks(seg), np.zeros(0))
-        liq, sol, _ = self.model.split(self.x)
-        liq[j], sol[j] = liq_j[0], sol_j[0]
-
-    def _blocks(self, seg: _Segment) -> list[tuple[float, float, float, np.ndarray]]:
-        """The recorded inlet merged into blocks of ≤ fit_block_s (flux-weighted composition)."""
-        out, cur = [], None
-        fine_from = seg.ticks[-1][1] - self.cfg.fit_fine_window_s
-        for t0, t1, q, c in seg.ticks:
-            size = self.cfg.fit_block_s if t1 > fine_from else self.cfg.fit_coarse_block_s
-            if cur is not None and (abs(t0 - cur[1]) > 1e-6 or t1 - cur[0] > size):
-                out.append(cur)
-                cur = None
-            if cur is None:
-                cur = [t0, t1, 0.0, np.zeros_like(c), 0.0]
-            dt = t1 - t0
-            cur[1] = t1
-            cur[2] += q * dt
-            cur[3] = cur[3] + q * dt * c
-            cur[4] += dt
-        if cur is not None:
-            out.append(cur)
-        return [(b0, b1, vq / dur, (cq / vq) if vq > 0 else cq, ) for b0, b1, vq, cq, dur in out]
-
-    def _simulate(self, seg: _Segment, thetas: np.ndarray, blocks, ts: np.ndarray):
-        """Columns with capacities ``thetas`` fed the recorded inlet from clean: outlet (mg/L) at
-        the sample times ``ts`` (m, cands, 2) and the final liquid and solid states."""
-        m = len(thetas)
-        p = shadow_params(self.line_cfg, self.cfg.n_cells, m, thetas)
-        model = ShadowCarousel("fit", p)
-        x = model.initial_state(p)
-        u = model.design_inputs(p, 0.0, self.c_feed, self.h_feed, roles=[ads.ROLE_LEAD] * m)
-        i_q, feed = model.input_index["feed_flow"], model._feed
-        liq, _, _ = model.split(x)
-        times, outs = [blocks[0][0]], [liq[:, -1, :].copy()]
-        for b0, b1, q, c in blocks:
-            u[i_q], u[feed] = m * q, c
-            x = advance(model, b0, b1, x, u, p, rtol=self.cfg.rtol, atol=self.cfg.fit_atol)
-            liq, _, _ = model.split(x)
-            times.append(b1)
-            outs.append(liq[:, -1, :].copy())
-        outs = np.array(outs)  # (blocks+1, m, Dy Tb H) mol/m3
-        mg = outs[..., :2] * self.c_feed_mg / self.c_feed
-        sim = np.stack([np.stack([np.interp(ts, times, mg[:, i, j]) for j in range(2)], axis=-1)
-                        for i in range(m)], axis=1)
-        liq, sol, _ = model.split(x)
-        return sim, liq.copy(), sol.copy(), (np.array(times), outs)
-
-    def _fit(self, seg: _Segment, theta0: float, var0: float):
-        blocks = self._blocks(seg)
-        ts = np.array(sorted(seg.samples))
-        z = np.full((len(ts), 2), np.nan)
-        sd = np.ones((len(ts), 2))
-        for i, tsi in enumerate(ts):
-            for j, (v, s) in seg.samples[tsi].items():
-                z[i, j], sd[i, j] = v, s
-
-        lo, hi = self.cfg.capacity_bounds
-        grid = np.geomspace(max(lo, theta0 / 6.0), min(hi, theta0 * 1.5), self.cfg.fit_candidates)
-        widened, shrunk = False, 0
-        while shrunk < self.cfg.fit_shrinks:  # bracket the sign change of the weighted residual, shrink, repeat
-            sim, _, _, _ = self._simulate(seg, grid, blocks, ts)
-            r = np.where(np.isnan(z[:, None, :]), 0.0, (sim - z[:, None, :]) / sd[:, None, :] ** 2)
-            g = r.sum(axis=(0, 2))  # > 0: breaks through too early (θ too small); falls with θ
-            early = np.flatnonzero(g > 0)
-            if early.size and early[-1] < len(grid) - 1:
-                i = int(early[-1])
-                grid, shrunk = np.geomspace(grid[i], grid[i + 1], self.cfg.fit_candidates), shrunk + 1
-                continue
-            if not widened and shrunk == 0:  # outside the first guess: search the whole range
-                grid, widened = np.geomspace(lo, hi, self.cfg.fit_candidates), True
-                continue
-            sse = np.nansum(((sim - z[:, None, :]) / sd[:, None, :]) ** 2, axis=(0, 2))
-            if np.ptp(sse) < 1.0:  # no candidate fits better than another: keep θ̂
-                return theta0, var0, None
-            i = 0 if early.size == 0 else len(grid) - 2  # at a bound of the range
-            grid = np.geomspace(grid[i], grid[i + 1], self.cfg.fit_candidates)
-            break
-        sim, _, _, _ = self._simulate(seg, grid, blocks, ts)
-        r = np.where(np.isnan(z[:, None, :]), 0.0, (sim - z[:, None, :]) / sd[:, None, :] ** 2)
-        g = r.sum(axis=(0, 2))
-        sse = np.nansum(((sim - z[:, None, :]) / sd[:, None, :]) ** 2, axis=(0, 2))
-        lg = np.log(grid)
-        j = int(np.clip(np.searchsorted(-g, 0.0), 1, len(grid) - 1))  # g falls: first g ≤ 0
-        w = g[j - 1] / (g[j - 1] - g[j]) if g[j - 1] != g[j] else 0.5
-        theta = float(np.exp(lg[j - 1] + np.clip(w, 0.0, 1.0) * (lg[j] - lg[j - 1])))
-        a = np.polyfit(lg - lg.mean(), sse, 2)[0]
-        var_log = 1.0 / a if a > 0 else (lg[-1] - lg[0]) ** 2
-        _, liq, sol, (times, outs) = self._simulate(seg, np.array([theta]), blocks, ts)
-        return theta, theta ** 2 * min(var_log, 1.0), (liq[0], sol[0], times, outs[:, 0, :])
-
     # -- result ----------------------------------------------------------------------------
     def ready_in(self, t: float) -> tuple[float, ...]:
         """Per column: 0 standby, the remaining offline time, inf while in service."""
@@ -529,6 +441,9 @@ class CarouselEstimator:
         return tuple(out)
 
     def time_to_breakthrough(self, t: float) -> float:
+        """Seconds from t to the forecast crossing (NaN before the first forecast has landed)."""
+        if self._fc is None:
+            return float("nan")
         t_made, fc = self._fc
         if fc.t_cross is None:
             return self.cfg.forecast_horizon_s
@@ -545,6 +460,7 @@ class CarouselEstimator:
             x[f"col{k}.loading"] = load
             x[f"col{k}.front"] = float(y[oi[f"col{k}.front_position"]])
             derived[f"col{k}.ready_in_s"] = ready[k - 1]
+            derived[f"col{k}.capacity_from_s"] = float(self.theta_from[k - 1])
             for j, sp in enumerate(HREE):
                 derived[f"col{k}.outlet.{sp}_mg_per_L"] = float(y[oi[f"col{k}.outlet.{sp}"]] * self.c_feed_mg[j]
                                                               / self.c_feed[j])
@@ -553,6 +469,7 @@ class CarouselEstimator:
         ttb = self.time_to_breakthrough(t)
         derived["lag_breakthrough"] = float(y[oi["lag_breakthrough"]])
         derived["standby_ready_in_s"] = min(ready)
+        derived["forecast_from_s"] = float("nan") if self._fc is None else float(self._fc[0])
         pub["ADS.LAG.TIME_TO_BT.EST"] = ttb
         shadow = ShadowState(self.x.copy(), tuple(map(float, self.theta)), self.roles, self.feed_flow,
                              ready, self.limit, self.p.n_cells)

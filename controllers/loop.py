@@ -17,8 +17,8 @@ Per tick, in this order:
 4. the guard (limits, rate, stale inputs, mode, watchdog); its ``to_write`` is ``writes``;
 5. anomaly conditions (``loop_anomaly``), the PLC links and the denied writes → the alarm manager
    (ISA-18.2 lifecycle);
-6. historian points: estimates, decisions (proposed / applied / solve time / held / cost), alarm
-   transitions (``twin.points`` builders).
+6. historian points: estimates, decisions (proposed / applied / solve time / held / cost, and
+   ``LOOP.<loop>.MODE``: ``MODE_CODES``), alarm transitions (``twin.points`` builders).
 
 Links and denials (live): the loop adds, for every PLC of the config (``plcs``), the external
 alarm ``PLC.<name>.COMM`` (priority 1, on the value of ``PLC.<name>.LINK``: 1 up, 0 down), active
@@ -33,6 +33,18 @@ Units: ``cell<k>`` (one per electrolysis cell), ``cascade`` and (unless ``carous
 
 MPC deadline: ``mpc_deadline_s="period"`` (default) gives each MPC 0.2 × the control period
 (linearisation + QP), a float sets it, ``None`` disables it.
+
+Slow carousel work (the estimator's capacity fits, 0.2–2 s, and breakthrough forecasts, 0.1–1 s;
+the decision's forecasts, 0.2–0.7 s when no column stands by) runs in one worker
+(``worker="thread"``, default, or ``"process"`` for the estimator's jobs, the decision then in a
+thread), submitted at the tick where it is due and applied at a later tick (``slow_work``, see
+``carousel_worker``): ``"worker"``
+(default live) at the first tick after it finished, the tick never waits; ``"next_tick"``
+(default on the twin) at the next tick, waiting for it if needed, so that virtual-clock runs and
+replays are deterministic; ``"inline"`` in the tick itself. ``close()`` (or ``with ControlLoop(...)``)
+cancels the jobs not started and joins the worker. BLAS: the loop's matrices are small, and a
+second OpenBLAS thread only spins on the other core, so the process's BLAS runs on
+``blas_threads`` (1; None: as it was) threads while the loop is open (``threadpoolctl``).
 Determinism (training replays): with ``mpc_deadline_s=None`` the MPC deadline is disabled (60 s,
 the configs' maximum) and, with ``timing_points=False``, no wall-clock quantity enters the points;
 then the same snapshots and times give the same ``TickResult`` except ``latency_s`` and the MPC
@@ -45,6 +57,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -58,6 +71,7 @@ from twin.points import (
 )
 from twin.signals import Point, Sample, Snapshot, WriteResult
 
+from . import carousel_worker as cw
 from . import estimation_carousel as ec
 from . import mpc_carousel as mc
 from .alarms import AlarmManager
@@ -71,7 +85,7 @@ from .mpc import MpcResult
 from .mpc_cascade import CascadeMpc, CascadeMpcConfig
 from .mpc_cell import CellMpc, CellMpcConfig
 
-__all__ = ["NO_DEADLINE_S", "ControlLoop", "TickResult", "UnitController", "every_loop", "plc_units"]
+__all__ = ["MODE_CODES", "NO_DEADLINE_S", "ControlLoop", "TickResult", "UnitController", "every_loop", "plc_units"]
 log = logging.getLogger(__name__)
 NO_DEADLINE_S = 60.0  # the MPC configs' largest deadline: "disabled" on any realistic period
 DEADLINE_FRACTION = 0.2  # default deadline of each MPC solve: this fraction of the control period
@@ -80,6 +94,8 @@ DEADLINE_FRACTION = 0.2  # default deadline of each MPC solve: this fraction of 
 CASCADE_MARGIN_PCT = 0.25
 _RAISED = {AlarmState.UNACK_ACTIVE}
 _CLEARED = {AlarmState.NORMAL, AlarmState.RTN_UNACK}
+#: ``LOOP.<loop>.MODE`` decision points (every tick, per guard loop of a unit): the mode as a number
+MODE_CODES = {"manual": 0.0, "advisory": 1.0, "auto": 2.0}
 
 
 @dataclass
@@ -135,7 +151,8 @@ class ControlLoop:
                  estimator: EstimatorConfig | None = None, anomaly: AnomalyConfig | None = None,
                  cell_mpc: CellMpcConfig | None = None, cascade_mpc: CascadeMpcConfig | None = None,
                  control_period_s: float | None = None, carousel: bool = True,
-                 plcs: Mapping[str, str] | None = None):
+                 plcs: Mapping[str, str] | None = None, slow_work: cw.Apply | None = None,
+                 worker: Literal["thread", "process"] = "thread", blas_threads: int | None = 1):
         guard_cfg = config.control.guard
         if control_period_s is not None:
             guard_cfg = guard_cfg.model_copy(update={"control_period_s": control_period_s})
@@ -155,6 +172,11 @@ class ControlLoop:
         self.cascade_mpc_cfg = (cascade_mpc or CascadeMpcConfig(margin_pct=CASCADE_MARGIN_PCT)).model_copy(
             update={"deadline_s": self.deadline_s})
         self.with_carousel = carousel
+        self.slow_work: cw.Apply = slow_work or ("worker" if target == "live" else "next_tick")
+        self._blas = cw.blas_limit(blas_threads)
+        off = self.slow_work == "inline" or not carousel
+        self._executor = None if off else cw.make_executor(worker)  # the estimator's jobs
+        self._decisions = None if off or worker == "thread" else cw.make_executor("thread")  # the MPC's
         self.units = self._build(config, estimator)
         cascade = next((u for u in self.units if u.name == "cascade"), None)
         self.feed_ratio_design = _feed_ratio(cascade.ekf.model) if cascade else None
@@ -195,7 +217,8 @@ class ControlLoop:
                                     "extraction"))
         # the carousel keeps its own deadline (its slow cadence) unless the loop disables deadlines
         if self.with_carousel:
-            units.append(_carousel(config, NO_DEADLINE_S if self.deadline_s >= NO_DEADLINE_S else None))
+            units.append(_carousel(config, NO_DEADLINE_S if self.deadline_s >= NO_DEADLINE_S else None,
+                                   self._executor, self._decisions or self._executor, self.slow_work))
         for u in units:
             self._engineered_limits(u.mpc)
         return units
@@ -294,6 +317,25 @@ class ControlLoop:
             for tag in refused:
                 self._applied.pop(tag, None)
 
+    def close(self) -> None:
+        """Cancel the slow jobs not started, join the worker (a running job finishes first) and
+        give the process its BLAS threads back. Idempotent; the loop is not stepped after."""
+        for part in (p for u in self.units for p in (u.ekf, u.mpc) if hasattr(p, "cancel")):
+            part.cancel()
+        for pool in (self._executor, self._decisions):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self._executor = self._decisions = None
+        if self._blas is not None:
+            self._blas.restore_original_limits()
+            self._blas = None
+
+    def __enter__(self) -> ControlLoop:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def set_mode(self, loop: str, mode: str) -> None:
         self.guard.set_mode(loop, mode)  # type: ignore[arg-type]
 
@@ -329,6 +371,8 @@ class ControlLoop:
                                    None if res.held else res.cost, s)
             if not self.timing_points:
                 pts = [p for p in pts if not p.tag.endswith(".SOLVE_MS")]
+        pts += [Point("decision", f"LOOP.{lp}.MODE", units[lp].plant_unit, MODE_CODES[m], t, "good", s)
+                for lp, m in self.guard.modes.items() if lp in units]
         return pts + self._alarm_points(transitions)
 
     def _alarm_points(self, transitions) -> list[Point]:
@@ -378,10 +422,14 @@ def _feed_ratio(model) -> float | None:
     return float(dy / tb) if tb > 0 else None
 
 
-def _carousel(config, deadline_s: float | None) -> UnitController:
-    """The carousel's shadow estimator and its MPC (feed flow, switch limit); ``deadline_s`` None:
-    the carousel MPC's own deadline."""
+def _carousel(config, deadline_s: float | None, jobs: Executor | None, decisions: Executor | None,
+              apply: cw.Apply) -> UnitController:
+    """The carousel's shadow estimator and its MPC (feed flow, switch limit), their slow work in
+    ``jobs`` and ``decisions`` unless ``apply`` is inline; ``deadline_s`` None: the carousel MPC's
+    own deadline."""
     mpc_cfg = mc.CarouselMpcConfig() if deadline_s is None else mc.CarouselMpcConfig(deadline_s=deadline_s)
-    ekf = ec.CarouselEstimator(config, start=config.simulation.start)
-    return UnitController("carousel", ekf, mc.CarouselMpc(config, mpc_cfg), "adsorption",
-                          takes_period=False, rebase=True)
+    ekf = ec.CarouselEstimator(config, start=config.simulation.start, executor=jobs, apply=apply)
+    mpc = mc.CarouselMpc(config, mpc_cfg)
+    if apply != "inline":
+        mpc = cw.DeferredMpc(mpc, decisions, apply)
+    return UnitController("carousel", ekf, mpc, "adsorption", takes_period=False, rebase=True)
