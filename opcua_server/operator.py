@@ -13,6 +13,9 @@ method (inputs)                      role        does
 ``Unshelve(alarm_id)``               operator    return a shelved alarm to service
 ``SetMode(loop, mode)``              engineer    manual / advisory / auto (bumpless)
 ``SetShelveLimit(seconds)``          engineer    the longest shelving allowed
+``WhatIf(request)``                  engineer    fork the loop's estimate into twins (JSON
+                                                 request) → ``ok: <id>``; runs off the loop
+``WhatIfResult(id)``                 engineer    ``pending``, the result JSON, or ``error: ...``
 ===================================  ==========  ==========================================
 
 Each action method answers one line (``ok ...`` or ``error: reason``); variables ``Alarms``
@@ -77,7 +80,10 @@ METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("Unshelve", "unshelve", (("alarm_id", S),), Role.OPERATOR),
     MethodSpec("SetMode", "set_mode", (("loop", S), ("mode", S)), Role.ENGINEER),
     MethodSpec("SetShelveLimit", "set_shelve_limit", (("seconds", D),), Role.ENGINEER),
+    MethodSpec("WhatIf", "whatif", (("request", S),), Role.ENGINEER),
+    MethodSpec("WhatIfResult", "whatif_result", (("id", S),), Role.ENGINEER),
 )
+WHATIF_ACTIONS = ("whatif", "whatif_result")  # answered here: they never touch the loop
 
 
 def alarms_json(loop: ControlLoop) -> str:
@@ -102,7 +108,7 @@ class OperatorServer:
 
     def __init__(self, loop: ControlLoop, endpoint: str, security: ServerSecurity, audit: AuditJournal, *,
                  drain_timeout_s: float = 5.0, links: Callable[[], dict] | None = None,
-                 historian: Callable[[], dict] | None = None):
+                 historian: Callable[[], dict] | None = None, whatif=None):
         host = urlparse(endpoint).hostname
         if host not in LOOPBACK and any(mode == "None" for _, mode in security.endpoints):
             raise SecurityError(f"the operator server serves {endpoint} off the loopback only without a None "
@@ -110,6 +116,7 @@ class OperatorServer:
         self.loop, self.endpoint, self.security, self.audit = loop, endpoint, security, audit
         self.drain_timeout_s = drain_timeout_s
         self.links, self.historian = links, historian  # providers of the Links / Historian JSON
+        self.whatif = whatif  # async request(text, user) -> str, result(id) -> str (pilot.whatif)
         self.server = Server()
         self.t = math.nan  # plant time of the newest snapshot: actions are journalled at it
         self._vars: dict[str, object] = {}
@@ -206,7 +213,22 @@ class OperatorServer:
         if role < spec.role:
             self._journal(spec, args, who, role, f"refused: {spec.name} needs the {spec.role.name.lower()} role")
             return ua.StatusCode(ua.StatusCodes.BadUserAccessDenied)
+        if spec.action in WHATIF_ACTIONS:
+            return [ua.Variant(await self._whatif(spec, args, who, role), S)]
         return [ua.Variant(await self._submit(spec, args, who, role), S)]
+
+    async def _whatif(self, spec: MethodSpec, args: tuple, who: str, role: Role) -> str:
+        """Fork the loop's latest tick into a what-if run (the simulation runs off the event loop),
+        or the state of one; the request is journalled, the polls are not."""
+        if self.whatif is None:
+            answer = "error: this operator server runs no what-if"
+        elif spec.action == "whatif":
+            answer = await self.whatif.request(args[0], who)
+        else:
+            return self.whatif.result(args[0])
+        if spec.action == "whatif":
+            self._journal(spec, args, who, role, answer if answer.startswith("ok") else f"refused: {answer[7:]}")
+        return answer
 
     async def _submit(self, spec: MethodSpec, args: tuple, who: str, role: Role) -> str:
         answer = asyncio.get_running_loop().create_future()

@@ -83,7 +83,8 @@ def simulate(
     """Run the pilot line standalone on the twin and write KPIs, history and plots.
 
     Writes DIR/summary.json (plant/wall time, real-time factor, final tag values, KPIs),
-    DIR/history.sqlite (every tag's time series; read it with `pilot history`) and DIR/*.png.
+    DIR/history.sqlite (every tag's time series; read it with `pilot history`) and DIR/*.png,
+    drawn after the summary is written and shown (a plot that cannot be drawn is named; exit 1).
     """
     try:
         until_s = parse_duration(until)
@@ -94,6 +95,7 @@ def simulate(
     if control not in ("off", "advisory", "auto"):
         fail(f"--control must be off, advisory or auto (got {control!r})")
     config = load_or_fail(config_path)
+    from .app import draw_plots
     from .app import simulate as run
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
@@ -106,14 +108,20 @@ def simulate(
 
         try:
             result = run(config, until_s, out_dir, speed=speed, seed=seed, progress=progress,
-                         make_plots=plots, control=control)
+                         make_plots=False, control=control)
         except OSError as exc:
             fail(f"cannot write to {out_dir}: {exc}")
-    print_summary(result.summary)
+    print_summary(result.summary)  # written and shown before the plots are drawn
     out.print(f"\nsummary: {out_dir / 'summary.json'}\nhistory: {out_dir / 'history.sqlite'} "
               f"(`pilot history {out_dir} --tag NAME`)")
+    if plots:
+        result = draw_plots(result, config)
     for p in result.plots:
         out.print(f"plot:    {p}")
+    for line in result.plot_errors:
+        err.print(f"[bold red]error:[/] plot {line}", highlight=False, soft_wrap=True)
+    if result.plot_errors:
+        raise typer.Exit(1)
 
 
 def print_summary(summary: dict) -> None:
@@ -213,11 +221,15 @@ def plc_sim_cmd(
 
 
 from .cli_alarms import alarms_app  # noqa: E402  (pilot alarms)
+from .cli_replay import replay_cmd  # noqa: E402  (pilot replay)
 from .cli_run import run_cmd  # noqa: E402  (pilot run)
 from .cli_sweep import sweep_cmd  # noqa: E402  (pilot sweep)
+from .cli_whatif import whatif_cmd  # noqa: E402  (pilot whatif)
 
 app.command("run")(run_cmd)
 app.command("sweep")(sweep_cmd)
+app.command("whatif", help=whatif_cmd.__doc__)(whatif_cmd)
+app.command("replay")(replay_cmd)
 app.add_typer(alarms_app, name="alarms")
 
 from .cli_train import train_app  # noqa: E402  (training helper: pilot train)

@@ -195,6 +195,7 @@ async def run_live(config, plcs: str | Mapping[str, str] | None = None, *, mode:
             runner.alarm_store.close()
         runner.final_links = link.links()  # as they were at the end, not after closing
         await _close(operator, audit, link)
+        loop.close()  # the slow estimator jobs: cancelled or joined
         if own_recorder:
             recorder.close(timeout_s=flush_timeout_s)
         if annotations is not None:
@@ -232,14 +233,26 @@ async def _operator_server(loop: ControlLoop, endpoint: str, security, audit: Au
     """The started operator server; ``security`` None: every secure endpoint, with the users and
     the PKI of the environment."""
     server = OperatorServer(loop, endpoint, security or server_security_from_env(spec="secure"), audit,
-                            links=runner.links_json, historian=runner.historian_counters)
+                            links=runner.links_json, historian=runner.historian_counters,
+                            whatif=_whatif_service(loop, runner))
     await server.start()
     return server
+
+
+def _whatif_service(loop: ControlLoop, runner: LiveRunner):
+    """What-if runs from the loop's latest tick (``pilot whatif``), in a worker process."""
+    from .whatif import WhatIfService
+
+    async def state():
+        return runner.last, (await runner.link.read()) if runner.last is not None else {}, loop.modes
+    return WhatIfService(loop.config, state)
 
 
 async def _close(operator, audit, link) -> None:
     if operator:
         await operator.stop()
+        if operator.whatif is not None:
+            operator.whatif.close()
     if audit is not None:
         audit.close()
     try:
