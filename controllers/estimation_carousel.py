@@ -67,6 +67,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -470,7 +471,8 @@ class CarouselEstimator:
         derived["lag_breakthrough"] = float(y[oi["lag_breakthrough"]])
         derived["standby_ready_in_s"] = min(ready)
         derived["forecast_from_s"] = float("nan") if self._fc is None else float(self._fc[0])
-        pub["ADS.LAG.TIME_TO_BT.EST"] = ttb
+        if math.isfinite(ttb):  # no forecast yet: nothing published (a historian cannot store NaN)
+            pub["ADS.LAG.TIME_TO_BT.EST"] = ttb
         shadow = ShadowState(self.x.copy(), tuple(map(float, self.theta)), self.roles, self.feed_flow,
                              ready, self.limit, self.p.n_cells)
         return CarouselEstimate(t, self.unit, x, cov, innov, nis, used, dropped, derived, pub, shadow)

@@ -177,7 +177,8 @@ def differences_table(result: dict) -> Table:
 
     table = Table(title=f"what-if from the live estimate ({result['horizon_s'] / 3600:g} h): case − base")
     for col in ("case", "KPI", "unit", "base end", "case end", "Δ end", "Δ mean", "|Δ| max", "MPC linear Δ, steady"):
-        table.add_column(col, justify="left" if col in ("case", "KPI", "unit") else "right")
+        table.add_column(col, justify="left" if col in ("case", "KPI", "unit") else "right",
+                         no_wrap=col in ("case", "KPI"))  # names whole on a narrow console
     for r in differences(result):
         lin = "" if r["linear"] is None else f"{r['linear']:+.3g}"
         table.add_row(r["case"], r["kpi"], r["unit"], f"{r['base_final']:.4g}", f"{r['case_final']:.4g}",
@@ -223,6 +224,7 @@ def whatif_cmd(
     from .whatif import write_outputs
 
     paths = write_outputs(result, out_dir or Path(f"whatif-{time.strftime('%Y%m%dT%H%M%S')}"))
+    out = Console()  # the width of the console it runs in (COLUMNS)
     out.print(differences_table(result))
     for case in result["cases"]:
         for note in case["notes"]:

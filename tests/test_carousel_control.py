@@ -120,7 +120,7 @@ def _loop(plant, est, mpc, t0: float, until) -> np.ndarray:
             res = mpc.step(e, snap, t, deadline_s=60.0)  # the decision's clock is not under test here
             plant.write(res.mv)
             applied, flow = dict(res.mv), res.mv["ADS.FEED.FLOW_SP"]
-        rec.append((t, float(blk.y[i_bt]), e.published["ADS.LAG.TIME_TO_BT.EST"], flow))
+        rec.append((t, float(blk.y[i_bt]), e.published.get("ADS.LAG.TIME_TO_BT.EST", float("nan")), flow))
         if until(plant, t):
             return np.array(rec)
 
