@@ -78,3 +78,14 @@ def pkis(pki_pair):
     shutil.copy(console.cert, server.trusted / "console.der")
     shutil.copy(server.cert, console.trusted / "operator.der")
     return server, console
+
+
+@pytest.fixture(scope="session")
+def shipped_day():
+    """The shipped line after one plant day on the twin, for tests that only read it (one run per worker)."""
+    from pilot_config import default_config_path, load_config
+    from twin.plant import TwinPlant
+
+    plant = TwinPlant(load_config(default_config_path()))
+    plant.advance(24 * 3600.0)
+    return plant

@@ -19,47 +19,40 @@ def config():
 
 
 @pytest.fixture(scope="module")
-def day(config):
-    plant = TwinPlant(config)
-    plant.advance(DAY)
-    return plant
-
-
-@pytest.fixture(scope="module")
 def conventional_day():
     plant = TwinPlant(load_config(conventional_config_path()))
     plant.advance(DAY)
     return plant
 
 
-def test_every_element_balance_closes_over_a_day(day):
-    errors = day.mass_balance()
+def test_every_element_balance_closes_over_a_day(shipped_day):
+    errors = shipped_day.mass_balance()
     assert set(errors) == {"Dy", "Tb", "Nd", "Pr", "Fe", "Al", "U", "Th"}
     for element, err in errors.items():
         assert abs(err) < 1e-3, (element, err)
-    totals = day.ledger.totals()
+    totals = shipped_day.ledger.totals()
     # the balance is not trivially closed: material really flowed in, out and between units
     assert np.all(totals["in"] > 0)
     assert np.all(totals["out"] > 0.1 * totals["in"])
 
 
-def test_the_day_exercises_the_discrete_events(day):
-    texts = " | ".join(e.text for e in day.events)
+def test_the_day_exercises_the_discrete_events(shipped_day):
+    texts = " | ".join(e.text for e in shipped_day.events)
     assert "carousel switch" in texts
     assert "tapped" in texts
     assert "batch discharged" in texts
 
 
-def test_new_extractant_meets_tb_purity_and_conventional_does_not(day, conventional_day):
-    new, conv = compute_kpis(day), compute_kpis(conventional_day)
+def test_new_extractant_meets_tb_purity_and_conventional_does_not(shipped_day, conventional_day):
+    new, conv = compute_kpis(shipped_day), compute_kpis(conventional_day)
     assert new["tb_purity_pct"] >= 99.5
     assert new["dy_recovery_pct"] >= 95.0
     assert conv["tb_purity_pct"] < new["tb_purity_pct"] - 1.0  # visibly lower at the same stages
-    assert conventional_day.config.extraction.stages == day.config.extraction.stages
+    assert conventional_day.config.extraction.stages == shipped_day.config.extraction.stages
 
 
-def test_kpis_are_plausible_to_a_process_engineer(day):
-    k = compute_kpis(day)
+def test_kpis_are_plausible_to_a_process_engineer(shipped_day):
+    k = compute_kpis(shipped_day)
     assert 90.0 < k["adsorption_hree_recovery_pct"] <= 100.0
     for element, rejection in k["adsorption_rejection_pct"].items():
         assert rejection > 99.0, element

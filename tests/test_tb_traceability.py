@@ -20,13 +20,6 @@ def config():
     return load_config(default_config_path())
 
 
-@pytest.fixture(scope="module")
-def day(config):
-    plant = TwinPlant(config)
-    plant.advance(DAY)
-    return plant
-
-
 def _melt_tb(plant) -> float:
     return sum(plant.flowsheet.blocks[n].x[plant.flowsheet.blocks[n].state_index["salt_Tb"]]
                for n in plant.line.cells)
@@ -40,43 +33,43 @@ def _deposited(plant) -> float:
     return sum(plant.line.cell_totals(plant.flowsheet.blocks[n])[0] for n in plant.line.cells)
 
 
-def test_cells_tb_metal_is_the_tb_that_entered_the_store_plus_the_stated_stock(day):
-    s = day.salt
+def test_cells_tb_metal_is_the_tb_that_entered_the_store_plus_the_stated_stock(shipped_day):
+    s = shipped_day.salt
     entered = s.into_store + s.p.stock0 - s.store  # drawn by the cells
     assert s.into_store > 0 and s.drawn_cascade > 0  # the cascade's Tb really reaches the cells
-    assert s.p.stock0 == pytest.approx(day.config.salt_prep.initial_store_TbCl3_kg / M_TBCL3)
-    supplied = entered + _melt_tb0(day) - _melt_tb(day)
-    assert _deposited(day) > 1.0 / M_TB  # kg scale: the cells really ran
-    assert _deposited(day) == pytest.approx(supplied, rel=1e-3)
+    assert s.p.stock0 == pytest.approx(shipped_day.config.salt_prep.initial_store_TbCl3_kg / M_TBCL3)
+    supplied = entered + _melt_tb0(shipped_day) - _melt_tb(shipped_day)
+    assert _deposited(shipped_day) > 1.0 / M_TB  # kg scale: the cells really ran
+    assert _deposited(shipped_day) == pytest.approx(supplied, rel=1e-3)
 
 
-def test_the_cascade_product_is_booked_into_salt_prep(day):
-    s, tb = day.salt, day.ledger.stream(day.line.extraction, "raffinate")[1]
+def test_the_cascade_product_is_booked_into_salt_prep(shipped_day):
+    s, tb = shipped_day.salt, shipped_day.ledger.stream(shipped_day.line.extraction, "raffinate")[1]
     # what the cascade made = what entered the store + the salt-prep losses + the hold-up gained
     assert tb == pytest.approx(s.into_store + s.lost + s.holdup - s.p.holdup0, rel=1e-9)
-    y = day.config.salt_prep.overall_yield
+    y = shipped_day.config.salt_prep.overall_yield
     assert s.lost == pytest.approx((1 - y) / y * s.into_store, rel=1e-9)
 
 
-def test_line_balance_names_every_inventory_and_source_and_closes(day):
-    errors = day.mass_balance()
+def test_line_balance_names_every_inventory_and_source_and_closes(shipped_day):
+    errors = shipped_day.mass_balance()
     for element, err in errors.items():
         assert abs(err) < 1e-3, (element, err)
-    src = day.ledger.sources()
+    src = shipped_day.ledger.sources()
     assert set(src) >= {"leach_feed", "initial_store_stock", "initial_salt_prep_holdup"}
     assert src["salt_added"] == 0.0  # make-up is an internal transfer, not a source
     # normalised by the leach feed alone: losing a tenth of the cascade's Tb would show
     tb_feed = src["leach_feed"]
-    assert 0.1 * day.salt.into_store / tb_feed > 1e-2
+    assert 0.1 * shipped_day.salt.into_store / tb_feed > 1e-2
 
 
-def test_kpis_say_where_the_metal_came_from_and_how_long_the_stock_lasts(day):
-    k = compute_kpis(day)
+def test_kpis_say_where_the_metal_came_from_and_how_long_the_stock_lasts(shipped_day):
+    k = compute_kpis(shipped_day)
     parts = k["tb_metal_from_cascade_kg"] + k["tb_metal_from_stock_kg"] + k["tb_metal_from_melt_charge_kg"]
     assert parts == pytest.approx(k["tb_deposited_kg"], rel=1e-9)
     assert 0 < k["tb_metal_from_cascade_kg"] < k["tb_metal_from_stock_kg"]
-    assert k["tbcl3_store_kg"] < day.config.salt_prep.initial_store_TbCl3_kg
-    assert k["salt_stock_days"] == pytest.approx(day.salt.store / day.salt.draw_rate / DAY)
+    assert k["tbcl3_store_kg"] < shipped_day.config.salt_prep.initial_store_TbCl3_kg
+    assert k["salt_stock_days"] == pytest.approx(shipped_day.salt.store / shipped_day.salt.draw_rate / DAY)
     assert 1.0 < k["salt_stock_days"] < 30.0
 
 
