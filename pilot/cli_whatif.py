@@ -31,7 +31,6 @@ from .cli_security import (
 )
 from .durations import duration_or_fail, parse_duration
 
-out = Console()
 POLL_S = 2.0
 RECONNECTS = 5
 HELP = (
