@@ -52,7 +52,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from .base import StrictModel, check_every_species
+from .base import StrictModel, check_known_elements
 
 
 class IsothermParams(StrictModel):
@@ -114,7 +114,7 @@ class ColumnConfig(StrictModel):
     @field_validator("isotherms")
     @classmethod
     def _every_species(cls, v: dict) -> dict:
-        return check_every_species(v, "isotherms")
+        return check_known_elements(v, "isotherms")
 
     @property
     def bed_volume_L(self) -> float:

@@ -1,7 +1,9 @@
 """Shared building blocks of the plant configuration.
 
 Conventions (every unit model relies on them):
-- Species are named by element symbol; the canonical order is ``SPECIES``.
+- Species are named by element symbol (``pilot_config.elements``). A line tracks the species of
+  its config's ``species`` list, in that order; ``SPECIES`` is the shipped line's list and the
+  default. Every per-species mapping names exactly the line's species.
 - Inside the twin everything is SI: metres, seconds, kelvin, mol, m3, A, V, W, Pa.
   Concentrations are mol/m3 (numerically equal to mmol/L). Acidity [H+] is mol/m3 as well.
 - In the YAML, a field name carries its engineering unit as a suffix (``flow_L_per_h``,
@@ -13,28 +15,20 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-#: Elements tracked through the whole line, in canonical order.
+from .elements import ACID_IONS, ELEMENTS
+
+#: Elements the shipped line tracks, in canonical order (the default of a config's ``species``).
 SPECIES: tuple[str, ...] = ("Dy", "Tb", "Nd", "Pr", "Fe", "Al", "U", "Th")
 #: Heavy rare earths: the product group.
 HREE: tuple[str, ...] = ("Dy", "Tb")
 #: Elements the adsorbent must reject.
 REJECTED: tuple[str, ...] = ("Fe", "Al", "U", "Th")
 
-#: Molar masses, g/mol (IUPAC 2021 standard atomic weights).
-MOLAR_MASS_G_PER_MOL: dict[str, float] = {
-    "Dy": 162.500,
-    "Tb": 158.925,
-    "Nd": 144.242,
-    "Pr": 140.908,
-    "Fe": 55.845,
-    "Al": 26.982,
-    "U": 238.029,
-    "Th": 232.038,
-    "Zn": 65.38,
-    "Mg": 24.305,
-    "Cd": 112.414,
-    "H": 1.008,
-}
+#: Molar masses, g/mol, of every element of ``pilot_config.elements`` and H.
+MOLAR_MASS_G_PER_MOL: dict[str, float] = {sym: el.molar_mass_g_per_mol for sym, el in ELEMENTS.items()}
+MOLAR_MASS_G_PER_MOL["H"] = ACID_IONS["H"][0]
+#: Usual aqueous charge of every element of ``pilot_config.elements``.
+CHARGE: dict[str, int] = {sym: el.charge for sym, el in ELEMENTS.items()}
 
 FARADAY_C_PER_MOL = 96485.33212
 GAS_CONSTANT_J_PER_MOL_K = 8.314462618
@@ -56,12 +50,38 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
-def check_every_species(value: dict, what: str) -> dict:
-    """A per-species mapping must name every species of ``SPECIES`` and nothing else."""
-    unknown = sorted(set(value) - set(SPECIES))
-    missing = [s for s in SPECIES if s not in value]
+def check_species_list(species) -> tuple[str, ...]:
+    """A line's ``species``: known element symbols, each once, the product elements (``HREE``)
+    among them. Returns the tuple."""
+    species = tuple(species)
+    unknown = [s for s in species if s not in ELEMENTS]
     if unknown:
-        raise ValueError(f"unknown species {unknown} in {what}; allowed: {list(SPECIES)}")
+        raise ValueError(f"unknown element {unknown}; known elements: {', '.join(ELEMENTS)}")
+    dupes = sorted({s for s in species if species.count(s) > 1})
+    if dupes:
+        raise ValueError(f"species must be listed once each; repeated: {dupes}")
+    missing = [s for s in HREE if s not in species]
     if missing:
-        raise ValueError(f"{what} needs every species; missing {missing}")
+        raise ValueError(f"the line's product elements {list(HREE)} must be tracked; missing {missing}")
+    return species
+
+
+def check_known_elements(value: dict, what: str) -> dict:
+    """Keys of a per-species mapping must be element symbols (the line's list is checked by
+    the whole config, ``check_every_species``)."""
+    unknown = sorted(set(value) - set(ELEMENTS))
+    if unknown:
+        raise ValueError(f"unknown element {unknown} in {what}; known elements: {', '.join(ELEMENTS)}")
+    return value
+
+
+def check_every_species(value: dict, what: str, species: tuple[str, ...] = SPECIES) -> dict:
+    """A per-species mapping must name every species of ``species`` and nothing else."""
+    check_known_elements(value, what)
+    unknown = sorted(set(value) - set(species))
+    missing = [s for s in species if s not in value]
+    if unknown:
+        raise ValueError(f"{what} names {unknown}, not in the line's species {list(species)}")
+    if missing:
+        raise ValueError(f"{what} needs every species of the line; missing {missing}")
     return value

@@ -34,7 +34,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import StrictModel, check_every_species
+from .base import StrictModel, check_known_elements
 
 
 class ConstantD(StrictModel):
@@ -117,7 +117,7 @@ class CascadeConfig(StrictModel):
     @field_validator("distribution")
     @classmethod
     def _every_species(cls, v: dict) -> dict:
-        return check_every_species(v, "distribution")
+        return check_known_elements(v, "distribution")
 
     @property
     def factor(self) -> float:

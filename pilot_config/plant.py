@@ -8,7 +8,13 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from .adsorption import CarouselConfig
-from .base import StrictModel, check_every_species
+from .base import (
+    SPECIES,
+    StrictModel,
+    check_every_species,
+    check_known_elements,
+    check_species_list,
+)
 from .control import ControlConfig
 from .electrolysis import CellConfig, DistillationConfig
 from .extraction import CascadeConfig
@@ -20,7 +26,7 @@ from .training import TrainingConfig
 
 
 def _check_species_map(value: dict[str, float], what: str) -> dict[str, float]:
-    check_every_species(value, what)
+    check_known_elements(value, what)
     negative = [k for k, v in value.items() if v < 0]
     if negative:
         raise ValueError(f"concentrations must be >= 0; negative for {negative}")
@@ -106,6 +112,8 @@ class SimulationConfig(StrictModel):
 class PilotLineConfig(StrictModel):
     name: str = Field(min_length=1)
     description: str = ""
+    species: tuple[str, ...] = Field(
+        SPECIES, description="elements tracked through the line, in order (symbols of pilot_config.elements)")
     feed: FeedConfig
     adsorption: CarouselConfig
     eluate_tank: EluateTankConfig
@@ -120,6 +128,28 @@ class PilotLineConfig(StrictModel):
     training: TrainingConfig = TrainingConfig()
     sequences: SequencesConfig = SequencesConfig()
     _plc_of: tuple = PrivateAttr((0, 0, {}))
+
+    @field_validator("species")
+    @classmethod
+    def _species_known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return check_species_list(v)
+
+    @model_validator(mode="after")
+    def _species_maps(self) -> "PilotLineConfig":
+        maps = {
+            ("feed", "composition_mg_per_L"): self.feed.composition_mg_per_L,
+            ("eluate_tank", "initial_composition_mg_per_L"): self.eluate_tank.initial_composition_mg_per_L,
+            ("adsorption", "column", "isotherms"): self.adsorption.column.isotherms,
+            ("extraction", "distribution"): self.extraction.distribution,
+        }
+        issues = []
+        for loc, value in maps.items():
+            try:
+                check_every_species(value, loc[-1], self.species)
+            except ValueError as exc:
+                issues.append((loc, str(exc), sorted(value)))
+        raise_located("PilotLineConfig", issues)
+        return self
 
     @model_validator(mode="after")
     def _tags_unique(self) -> "PilotLineConfig":

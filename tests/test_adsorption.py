@@ -323,9 +323,19 @@ def test_bad_porosity_names_the_field():
 
 
 def test_missing_isotherm_names_the_species():
-    iso = dict(CarouselConfig().column.isotherms)
+    import yaml
+
+    from pilot_config import default_config_path
+    from pilot_config.plant import PilotLineConfig
+
+    line = yaml.safe_load(default_config_path().read_text())
+    iso = {k: v.model_dump() for k, v in CarouselConfig().column.isotherms.items()}
     del iso["Th"], iso["U"]
+    line["adsorption"].setdefault("column", {})["isotherms"] = iso
     with pytest.raises(ValidationError, match=r"isotherms[\s\S]*missing \['U', 'Th'\]"):
+        PilotLineConfig.model_validate(line)
+    iso["Qq"] = iso["Dy"]
+    with pytest.raises(ValidationError, match=r"unknown element \['Qq'\]"):
         CarouselConfig(column={"isotherms": iso})
 
 

@@ -256,10 +256,17 @@ def test_bad_config_names_the_field(change, needle):
 
 
 def test_distribution_must_cover_every_species_and_model():
-    d = yaml.safe_load(DESIGN_YAML)
-    del d["distribution"]["Th"], d["distribution"]["U"]
+    from pilot_config import default_config_path
+    from pilot_config.plant import PilotLineConfig
+
+    line = yaml.safe_load(default_config_path().read_text())
+    del line["extraction"]["distribution"]["Th"], line["extraction"]["distribution"]["U"]
     with pytest.raises(ValidationError, match=r"missing \['U', 'Th'\]"):
-        CascadeConfig.model_validate(d)
+        PilotLineConfig.model_validate(line)
+    line["extraction"]["distribution"]["Th"] = line["extraction"]["distribution"]["U"] = {"model": "constant", "D": 1.0}
+    line["extraction"]["distribution"]["Xx"] = {"model": "constant", "D": 1.0}
+    with pytest.raises(ValidationError, match=r"unknown element \['Xx'\]"):
+        CascadeConfig.model_validate(line["extraction"])
     d = yaml.safe_load(DESIGN_YAML)
     d["distribution"]["Dy"] = {"model": "langmuir", "Kex": 1.0}
     with pytest.raises(ValidationError, match="distribution.Dy"):
