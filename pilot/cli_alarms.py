@@ -22,17 +22,8 @@ from rich.table import Table
 
 from opcua_server.operator import DEFAULT_OPERATOR_ENDPOINT
 
+from . import cli_security as sec
 from .cli_common import fail
-from .cli_security import (
-    DEFAULT_PKI,
-    AllowPlaintextOpt,
-    PasswordFileOpt,
-    PkiOpt,
-    SecurityModeOpt,
-    SecurityPolicyOpt,
-    UserOpt,
-    client_security_or_fail,
-)
 from .durations import duration_or_fail
 
 out = Console()
@@ -56,7 +47,7 @@ class _Console:
     without them)."""
 
     endpoint: str
-    options: tuple  # the arguments of client_security_or_fail
+    options: tuple  # the arguments of sec.client_security_or_fail
 
     def call(self, method: str, *args) -> str:
         """Call ``method`` of the operator object; one red line for every refusal or connection problem."""
@@ -90,7 +81,7 @@ class _Console:
         from .cli_opcua import check_endpoint
 
         check_endpoint(self.endpoint)
-        security = client_security_or_fail(*self.options)
+        security = sec.client_security_or_fail(*self.options)
         logging.getLogger("asyncua").setLevel(logging.CRITICAL)  # every problem ends in the one line below
         try:
             return asyncio.run(session(self.endpoint, security))
@@ -119,9 +110,9 @@ def connection(
     endpoint: Annotated[str, typer.Option(
         "--endpoint", envvar="PILOT_OPERATOR_ENDPOINT",
         help="operator server of the running `pilot run`")] = DEFAULT_OPERATOR_ENDPOINT,
-    security_policy: SecurityPolicyOpt = "auto", security_mode: SecurityModeOpt = "auto",
-    pki: PkiOpt = DEFAULT_PKI, user: UserOpt = None, password_file: PasswordFileOpt = None,
-    allow_plaintext_password: AllowPlaintextOpt = False,
+    security_policy: sec.SecurityPolicyOpt = "auto", security_mode: sec.SecurityModeOpt = "auto",
+    pki: sec.PkiOpt = sec.DEFAULT_PKI, user: sec.UserOpt = None, password_file: sec.PasswordFileOpt = None,
+    allow_plaintext_password: sec.AllowPlaintextOpt = False,
 ) -> None:
     """Log in to the operator server of a running `pilot run`."""
     ctx.obj = _Console(endpoint, (security_policy, security_mode, pki, user, password_file, allow_plaintext_password))

@@ -22,16 +22,8 @@ from rich.console import Console
 
 from opcua_server.operator import DEFAULT_OPERATOR_ENDPOINT
 
+from . import cli_security as sec
 from .cli_common import fail as _fail
-from .cli_security import (
-    DEFAULT_PKI,
-    AllowPlaintextOpt,
-    PasswordFileOpt,
-    PkiOpt,
-    SecurityModeOpt,
-    SecurityPolicyOpt,
-    UserOpt,
-)
 from .secrets import redact_url
 
 err = Console(stderr=True)
@@ -75,9 +67,9 @@ def status_cmd(
     endpoint: Annotated[str, typer.Option(
         "--endpoint", envvar="PILOT_OPERATOR_ENDPOINT",
         help="operator server of a running `pilot run` (its recorder's counters)")] = DEFAULT_OPERATOR_ENDPOINT,
-    security_policy: SecurityPolicyOpt = "auto", security_mode: SecurityModeOpt = "auto",
-    pki: PkiOpt = DEFAULT_PKI, user: UserOpt = None, password_file: PasswordFileOpt = None,
-    allow_plaintext_password: AllowPlaintextOpt = False,
+    security_policy: sec.SecurityPolicyOpt = "auto", security_mode: sec.SecurityModeOpt = "auto",
+    pki: sec.PkiOpt = sec.DEFAULT_PKI, user: sec.UserOpt = None, password_file: sec.PasswordFileOpt = None,
+    allow_plaintext_password: sec.AllowPlaintextOpt = False,
 ) -> None:
     """Where points go (from the environment), whether the database answers, what the spool holds,
     and the counters of a running `pilot run` (recorded, written, spooled, replayed, dropped, backlog)."""
@@ -123,10 +115,9 @@ def _print_running(endpoint: str, options: tuple) -> None:
     from opcua_server.security import SecurityError
 
     from .cli_opcua import check_endpoint
-    from .cli_security import client_security_or_fail
 
     check_endpoint(endpoint)
-    security = client_security_or_fail(*options)
+    security = sec.client_security_or_fail(*options)
     logging.getLogger("asyncua").setLevel(logging.CRITICAL)  # the outcome is the one line below
     try:
         counters = asyncio.run(read_counters(endpoint, security))

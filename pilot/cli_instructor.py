@@ -20,17 +20,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from . import cli_security as sec
 from .cli_common import fail
-from .cli_security import (
-    DEFAULT_PKI,
-    AllowPlaintextOpt,
-    PasswordFileOpt,
-    PkiOpt,
-    SecurityModeOpt,
-    SecurityPolicyOpt,
-    UserOpt,
-    client_security_or_fail,
-)
 from .durations import duration_or_fail
 
 out, err = Console(), Console(stderr=True)
@@ -47,7 +38,7 @@ _OPTIONAL = ("Score", "OpenObjectives")  # offered by a scored served session
 
 @dataclass(frozen=True)
 class _Console:
-    """The served session's URL and the arguments of ``client_security_or_fail``."""
+    """The served session's URL and the arguments of ``sec.client_security_or_fail``."""
 
     url: str
     options: tuple
@@ -63,7 +54,7 @@ class _Console:
         from .cli_opcua import check_endpoint
 
         check_endpoint(self.url)
-        security = client_security_or_fail(*self.options)
+        security = sec.client_security_or_fail(*self.options)
         logging.getLogger("asyncua").setLevel(logging.CRITICAL)  # every problem ends in the one line below
 
         async def session():
@@ -162,9 +153,9 @@ def status_lines(state: dict) -> list[str]:
 def connect(
     ctx: typer.Context,
     url: Annotated[str, typer.Argument(help="opc.tcp://HOST:PORT of the served session (`pilot train serve`)")],
-    security_policy: SecurityPolicyOpt = "auto", security_mode: SecurityModeOpt = "auto",
-    pki: PkiOpt = DEFAULT_PKI, user: UserOpt = None, password_file: PasswordFileOpt = None,
-    allow_plaintext_password: AllowPlaintextOpt = False,
+    security_policy: sec.SecurityPolicyOpt = "auto", security_mode: sec.SecurityModeOpt = "auto",
+    pki: sec.PkiOpt = sec.DEFAULT_PKI, user: sec.UserOpt = None, password_file: sec.PasswordFileOpt = None,
+    allow_plaintext_password: sec.AllowPlaintextOpt = False,
 ) -> None:
     """Log in to a served training session."""
     ctx.obj = _Console(url, (security_policy, security_mode, pki, user, password_file, allow_plaintext_password))

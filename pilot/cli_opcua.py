@@ -16,16 +16,8 @@ from urllib.parse import urlparse
 import typer
 from rich.console import Console
 
+from . import cli_security as sec
 from .cli_common import fail as _fail
-from .cli_security import (
-    AllowPlaintextOpt,
-    PasswordFileOpt,
-    PkiOpt,
-    SecurityModeOpt,
-    SecurityPolicyOpt,
-    UserOpt,
-    client_security_or_fail,
-)
 
 err = Console(stderr=True)
 opcua_app = typer.Typer(help="OPC UA tools: browse a live server, create certificates.",
@@ -56,12 +48,12 @@ def browse_cmd(
     namespace: Annotated[str | None, typer.Option(help="namespace URI to list (default: the largest)")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write the YAML here")] = None,
     timeout: Annotated[float, typer.Option(min=0.5, max=120, help="request timeout, seconds")] = 5.0,
-    security_policy: SecurityPolicyOpt = "auto",
-    security_mode: SecurityModeOpt = "auto",
-    pki: PkiOpt = Path("pki"),
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    allow_plaintext_password: AllowPlaintextOpt = False,
+    security_policy: sec.SecurityPolicyOpt = "auto",
+    security_mode: sec.SecurityModeOpt = "auto",
+    pki: sec.PkiOpt = Path("pki"),
+    user: sec.UserOpt = None,
+    password_file: sec.PasswordFileOpt = None,
+    allow_plaintext_password: sec.AllowPlaintextOpt = False,
 ) -> None:
     """Walk a live OPC UA server and print a tag-map YAML fragment to start a config from.
     Connects to the most secure endpoint the server offers (see the security options)."""
@@ -69,7 +61,7 @@ def browse_cmd(
     from opcua_server.security import SecurityError
 
     check_endpoint(url)
-    security = client_security_or_fail(security_policy, security_mode, pki, user, password_file,
+    security = sec.client_security_or_fail(security_policy, security_mode, pki, user, password_file,
                                        allow_plaintext_password)
     logging.getLogger("asyncua").setLevel(logging.CRITICAL)
     try:

@@ -13,17 +13,8 @@ from rich.console import Console
 
 from opcua_server.operator import DEFAULT_OPERATOR_ENDPOINT
 
+from . import cli_security as sec
 from .cli_common import fail as _fail
-from .cli_security import (
-    DEFAULT_PKI,
-    AllowPlaintextOpt,
-    PasswordFileOpt,
-    PkiOpt,
-    SecurityModeOpt,
-    SecurityPolicyOpt,
-    UserOpt,
-    client_security_or_fail,
-)
 from .durations import duration_or_fail
 
 err = Console(stderr=True)
@@ -96,12 +87,12 @@ def run_cmd(
         "--operator-endpoint", envvar="PILOT_OPERATOR_ENDPOINT", rich_help_panel=_OPERATOR_PANEL,
         help="where to serve acknowledge/shelve methods and the .EST tags ('' to disable)")]
         = DEFAULT_OPERATOR_ENDPOINT,
-    security_policy: SecurityPolicyOpt = "auto",
-    security_mode: SecurityModeOpt = "auto",
-    pki: PkiOpt = DEFAULT_PKI,
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    allow_plaintext_password: AllowPlaintextOpt = False,
+    security_policy: sec.SecurityPolicyOpt = "auto",
+    security_mode: sec.SecurityModeOpt = "auto",
+    pki: sec.PkiOpt = sec.DEFAULT_PKI,
+    user: sec.UserOpt = None,
+    password_file: sec.PasswordFileOpt = None,
+    allow_plaintext_password: sec.AllowPlaintextOpt = False,
     operator_security: Annotated[str, typer.Option(
         "--operator-security", envvar="PILOT_OPERATOR_SECURITY", rich_help_panel=_OPERATOR_PANEL,
         help="endpoints of the operator server: comma list of None, Sign, SignAndEncrypt or POLICY:MODE; "
@@ -153,7 +144,7 @@ def run_cmd(
     if session not in ("live", "training", "standalone"):
         _fail(f"--session must be live, training or standalone (got {session!r})")
     duration_s = duration_or_fail(duration, _fail)
-    security = client_security_or_fail(security_policy, security_mode, pki, user, password_file,
+    security = sec.client_security_or_fail(security_policy, security_mode, pki, user, password_file,
                                        allow_plaintext_password)
     op_security = operator_security_or_fail(operator_security, pki, anonymous) if operator_endpoint else None
     config = load_or_fail(config_path)

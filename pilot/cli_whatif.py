@@ -18,17 +18,8 @@ from rich.table import Table
 
 from opcua_server.operator import DEFAULT_OPERATOR_ENDPOINT
 
+from . import cli_security as sec
 from .cli_common import fail
-from .cli_security import (
-    DEFAULT_PKI,
-    AllowPlaintextOpt,
-    PasswordFileOpt,
-    PkiOpt,
-    SecurityModeOpt,
-    SecurityPolicyOpt,
-    UserOpt,
-    client_security_or_fail,
-)
 from .durations import duration_or_fail, parse_duration
 
 POLL_S = 2.0
@@ -206,9 +197,9 @@ def whatif_cmd(
     timeout: Annotated[str, typer.Option("--timeout", help="wall time to wait for the result")] = "30min",
     endpoint: Annotated[str, typer.Option("--endpoint", envvar="PILOT_OPERATOR_ENDPOINT",
                                           help="operator server of the running loop")] = DEFAULT_OPERATOR_ENDPOINT,
-    security_policy: SecurityPolicyOpt = "auto", security_mode: SecurityModeOpt = "auto",
-    pki: PkiOpt = DEFAULT_PKI, user: UserOpt = None, password_file: PasswordFileOpt = None,
-    allow_plaintext_password: AllowPlaintextOpt = False,
+    security_policy: sec.SecurityPolicyOpt = "auto", security_mode: sec.SecurityModeOpt = "auto",
+    pki: sec.PkiOpt = sec.DEFAULT_PKI, user: sec.UserOpt = None, password_file: sec.PasswordFileOpt = None,
+    allow_plaintext_password: sec.AllowPlaintextOpt = False,
 ) -> None:
     if mode is not None and mode not in ("manual", "advisory", "auto"):
         fail(f"--mode {mode!r}: use manual, advisory or auto")
@@ -244,7 +235,7 @@ def _run(endpoint: str, options: tuple, request: dict, timeout_s: float) -> dict
     from .cli_opcua import check_endpoint
 
     check_endpoint(endpoint)
-    security = client_security_or_fail(*options)
+    security = sec.client_security_or_fail(*options)
     logging.getLogger("asyncua").setLevel(logging.CRITICAL)
     try:
         return asyncio.run(_ask(endpoint, security, request, timeout_s))
