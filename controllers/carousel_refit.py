@@ -42,7 +42,6 @@ from pilot_config.base import (
     HREE,
     MOL_PER_L,
     MOLAR_MASS_G_PER_MOL,
-    SPECIES,
     StrictModel,
 )
 from twin import adsorption as ads
@@ -89,8 +88,8 @@ def shadow_params(line_cfg, n_cells: int, n_columns: int | None = None,
     columns (the fit's candidates) with ``capacity`` factors if given."""
     cfg = line_cfg.adsorption
     col = cfg.column.model_copy(update={"n_cells": max(n_cells, 10)})
-    p = ads.params_from_config(cfg.model_copy(update={"column": col}))
-    idx = [SPECIES.index(s) for s in HREE]
+    p = ads.params_from_config(cfg.model_copy(update={"column": col}), line_cfg.species)
+    idx = [line_cfg.species.index(s) for s in HREE]
     p = dataclasses.replace(p, n_cells=n_cells, q_max=p.q_max[idx], log_k_ref=p.log_k_ref[idx],
                             proton_exponent=p.proton_exponent[idx], k_ldf=p.k_ldf[idx])
     return with_columns(p, np.ones(n_columns or p.n_columns) if capacity is None else capacity)

@@ -10,9 +10,10 @@ Public API (stable; the loop composes it)::
     ShadowCarousel, shadow_params, feed_of, forecast, Forecast  # from ``controllers.carousel_refit``
 
 Shadow model. The twin's ``AdsorptionCarousel`` (same equations, same RODAS3 solver, see
-``twin.adsorption``) restricted to the two species that load (Dy, Tb; the other six hold < 1 %
-of the sites at the feed) and ``n_cells`` = 20 (effective Péclet 2N = 40 against 80: the
-breakthrough of the shipped column comes ~1 % earlier). Per tick it is advanced over
+``twin.adsorption``) restricted to the two species that load (Dy, Tb; the shipped line's other
+six hold < 1 % of the sites at the feed, and the shadow holds for a line whose added species are
+held as weakly) and ``n_cells`` = 20 (effective Péclet 2N = 40 against 80: the breakthrough
+of the shipped column comes ~1 % earlier). Per tick it is advanced over
 [t_prev, t] with the roles and the feed flow the snapshot at t shows (ADS.COLk.ROLE, ADS.FEED.FLOW;
 ``applied['ADS.FEED.FLOW_SP']`` if the sensor is BAD), the feed composition of the config and
 capacity factors θ_k (q_max,k = θ_k·q_max). Offline roles are not simulated: a column entering

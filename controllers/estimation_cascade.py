@@ -41,7 +41,6 @@ from pilot_config.base import (
     L_PER_H,
     MOL_PER_L,
     MOLAR_MASS_G_PER_MOL,
-    SPECIES,
     mg_per_L_to_mol_per_m3,
 )
 from twin import extraction as sx
@@ -57,7 +56,6 @@ INPUT_TAGS = {"feed_flow": "TANK.OUT.FLOW_SP", "organic_flow": "SX.ORG.FLOW_SP",
               "strip_flow": "SX.STRIP.FLOW_SP", "strip_H": "SX.STRIP.ACID_SP"}
 _TAG_SCALE = {"feed_flow": L_PER_H, "organic_flow": L_PER_H, "scrub_flow": L_PER_H, "strip_flow": L_PER_H,
               "scrub_H": MOL_PER_L, "strip_H": MOL_PER_L}
-DY, TB = SPECIES.index("Dy"), SPECIES.index("Tb")
 
 
 log = logging.getLogger(__name__)
@@ -169,10 +167,10 @@ class CascadeModel:
 
     def __init__(self, config, *, refresh_s: float = 1800.0, theta_tol: float = 0.03, u_tol: float = 0.02):
         xcfg, tank = config.extraction, config.eluate_tank
-        p = sx.params_from_config(xcfg)
+        p = sx.params_from_config(xcfg, tuple(config.species))
         self.unit_model = c = sx.Cascade("extraction", p)
         self.unit = "extraction"
-        feed = np.array([mg_per_L_to_mol_per_m3(sp, tank.initial_composition_mg_per_L[sp]) for sp in SPECIES])
+        feed = np.array([mg_per_L_to_mol_per_m3(sp, tank.initial_composition_mg_per_L[sp]) for sp in c.species])
         u = c.design_inputs(p, feed,
                             (tank.acidity_setpoint_mol_per_L or tank.initial_acidity_mol_per_L) * MOL_PER_L)
         u[c.input_index["feed_flow"]] = tank.cascade_feed_L_per_h * L_PER_H
@@ -254,9 +252,10 @@ class CascadeModel:
         x[:self.map.m] = np.maximum(x[:self.map.m] + lin["dx"][:, :3] @ (z[:3] - lin["theta"]), 0.0)
         sa = self.unit_model.split(x)[2]
         so = self.unit_model.split(x)[3]
+        dy, tb = self.unit_model.species.index("Dy"), self.unit_model.species.index("Tb")
         for k in range(self.unit_model.n):
-            out[f"stage{k + 1}.aq.Dy"], out[f"stage{k + 1}.aq.Tb"] = float(sa[k, DY]), float(sa[k, TB])
-            out[f"stage{k + 1}.org.Dy"], out[f"stage{k + 1}.org.Tb"] = float(so[k, DY]), float(so[k, TB])
+            out[f"stage{k + 1}.aq.Dy"], out[f"stage{k + 1}.aq.Tb"] = float(sa[k, dy]), float(sa[k, tb])
+            out[f"stage{k + 1}.org.Dy"], out[f"stage{k + 1}.org.Tb"] = float(so[k, dy]), float(so[k, tb])
         return out
 
     def published(self, z: np.ndarray, d: Mapping[str, float]) -> dict[str, float]:

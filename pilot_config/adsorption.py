@@ -8,7 +8,8 @@ Isotherm (per species i, competitive Langmuir on one set of sites, acid-dependen
     q_i* = q_max,i · K_i c_i / (1 + Σ_j K_j c_j),   K_i = K_L,i · ([H+] / [H+]_ref)^(−n_i)
 
 with c in mol/m3 (= mmol/L), K in m3/mol, q in mol/kg (= mmol/g). ``n_i`` is the number of
-protons the adsorbed ion displaces (3 for Ln3+, Fe3+, Al3+; 2 for UO2 2+; 4 for Th4+), so
+protons the adsorbed ion displaces (3 for Ln3+, Fe3+, Al3+; 2 for UO2 2+; 4 for Th4+; by default
+the element's usual charge, ``pilot_config.base.CHARGE``), so
 1 M acid cuts K by 100^3 against the 0.01 M loading acidity: that is how elution works. The
 same n_i is the exchange stoichiometry of the acid balance: each ion loaded releases n_i H+ into
 the liquid, each ion eluted takes n_i back (M^n+ + n HR ⇌ MR_n + n H+).
@@ -61,8 +62,10 @@ class IsothermParams(StrictModel):
     q_max_mol_per_kg: float = Field(gt=0, le=10, description="site capacity, mol/kg = mmol/g (tune)")
     K_L_m3_per_mol: float = Field(
         ge=0, le=1e6, description="Langmuir affinity at the reference acidity, m3/mol = L/mmol (tune)")
-    proton_exponent: float = Field(
-        3.0, ge=0, le=6, description="n in K = K_L·([H+]/[H+]_ref)^-n: protons displaced per ion")
+    proton_exponent: float | None = Field(
+        None, ge=0, le=6,
+        description="n in K = K_L·([H+]/[H+]_ref)^-n: protons displaced per ion (default: the element's "
+                    "usual charge, pilot_config.elements)")
     k_ldf_per_s: float = Field(
         gt=0, le=10, description="linear-driving-force rate constant at the design superficial velocity (tune)")
 

@@ -21,14 +21,22 @@ from .elements import ACID_IONS, ELEMENTS
 SPECIES: tuple[str, ...] = ("Dy", "Tb", "Nd", "Pr", "Fe", "Al", "U", "Th")
 #: Heavy rare earths: the product group.
 HREE: tuple[str, ...] = ("Dy", "Tb")
-#: Elements the adsorbent must reject.
+#: Elements the adsorbent must reject (of the shipped line; any line: ``rejected(species)``).
 REJECTED: tuple[str, ...] = ("Fe", "Al", "U", "Th")
+#: The rare earths: the lanthanides, Y and Sc (the first entries of ``pilot_config.elements``).
+RARE_EARTHS: tuple[str, ...] = ("La", "Ce", "Pr", "Nd", "Pm", "Sm", "Eu", "Gd", "Tb", "Dy", "Ho", "Er",
+                                "Tm", "Yb", "Lu", "Y", "Sc")
+#: O atoms per metal atom of the oxide rare-earth content is quoted as (REO basis of the trade):
+#: CeO2, Pr6O11, Tb4O7, every other rare earth as Ln2O3.
+REO_OXYGEN_PER_ATOM: dict[str, float] = {s: 1.5 for s in RARE_EARTHS} | {"Ce": 2.0, "Pr": 11 / 6, "Tb": 7 / 4}
 
 #: Molar masses, g/mol, of every element of ``pilot_config.elements`` and H.
 MOLAR_MASS_G_PER_MOL: dict[str, float] = {sym: el.molar_mass_g_per_mol for sym, el in ELEMENTS.items()}
 MOLAR_MASS_G_PER_MOL["H"] = ACID_IONS["H"][0]
 #: Usual aqueous charge of every element of ``pilot_config.elements``.
 CHARGE: dict[str, int] = {sym: el.charge for sym, el in ELEMENTS.items()}
+#: g/mol of O (IUPAC 2021 abridged), for the oxide basis.
+M_OXYGEN_G_PER_MOL = 15.999
 
 FARADAY_C_PER_MOL = 96485.33212
 GAS_CONSTANT_J_PER_MOL_K = 8.314462618
@@ -42,6 +50,23 @@ MOL_PER_L = 1000.0  # mol/m3 per mol/L (M)
 def mg_per_L_to_mol_per_m3(species: str, mg_per_L: float) -> float:
     """mg/L = g/m3; divide by g/mol to get mol/m3."""
     return mg_per_L / MOLAR_MASS_G_PER_MOL[species]
+
+
+def reo_g_per_mol(element: str) -> float:
+    """Oxide mass per mol of the rare earth ``element`` on the REO basis: M + x·M_O, x from
+    ``REO_OXYGEN_PER_ATOM`` (e.g. Dy2O3: 162.500 + 1.5·15.999 = 186.4985 g per mol Dy)."""
+    return MOLAR_MASS_G_PER_MOL[element] + REO_OXYGEN_PER_ATOM[element] * M_OXYGEN_G_PER_MOL
+
+
+def rare_earths(species: tuple[str, ...]) -> tuple[str, ...]:
+    """The rare earths among ``species``, in the line's order."""
+    return tuple(s for s in species if s in RARE_EARTHS)
+
+
+def rejected(species: tuple[str, ...]) -> tuple[str, ...]:
+    """The elements of ``species`` the adsorbent must reject: every one that is not a rare earth
+    (for the shipped line Fe, Al, U, Th: ``REJECTED``)."""
+    return tuple(s for s in species if s not in RARE_EARTHS)
 
 
 class StrictModel(BaseModel):

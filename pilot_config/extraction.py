@@ -1,17 +1,30 @@
-"""Config of the Dy/Tb solvent-extraction cascade (extraction | scrub | strip, closed organic loop).
+"""Config of the Dy/Tb solvent-extraction cascade (extraction | scrub | strip, closed organic loop;
+``stages.scrub: 0`` for extraction and strip only, the scrub acid, if any, joining the feed).
 
-Distribution ratio D = C_org / C_aq at equilibrium, per species, one of three models
-(discriminated on ``model``):
+Distribution ratio D = C_org / C_aq at equilibrium, per species, one of five models
+(discriminated on ``model``; pH = −log10 [H+]/(mol/L) of the mixer's aqueous phase):
 
 - ``constant``:    D fixed (for checks against Kremser and for inert tracers);
 - ``mass_action``: cation exchange with an acidic organophosphorus extractant (P507 / HEHEHP,
   D2EHPA, Cyanex 272 class, dimer (HA)2 in kerosene):
-  ``M^z+ + z (HA)2(org) ⇌ M(HA2)z(org) + z H+``  →  ``D = Kex · [HA]free^n / [H+]^z``,
+  ``M^z+ + z (HA)2(org) ⇌ M(HA2)z(org) + z H+``  →  ``D = Kex · [HA]free^n / [H+]^p``,
   with [HA]free and [H+] in mol/L (Kex on that basis, the dimer factor folded into Kex),
-  n = z by default (3 for Ln3+, Fe3+, Al3+; 2 for UO2 2+; 4 for Th4+). Each ion loaded takes
-  2z HA monomer-equivalents (6 per Ln at saturation: 1 M HA loads at most ~0.17 M Ln) and
-  releases z H+ to the aqueous phase, so [HA]free = C_HA − Σ 2 z_j C_org,j falls with loading;
-- ``empirical``:   ``log10 D = m · pH + b`` (open REE models), z used for the acid balance only.
+  n = z and p = z by default (3 for Ln3+, Fe3+, Al3+; 2 for UO2 2+; 4 for Th4+)
+  (Ritcey & Ashbrook, Solvent Extraction, Elsevier 1984, ch. 2);
+- ``empirical``:   ``log10 D = m · pH + b`` (open REE models), z used for the acid balance only;
+- ``empirical_dosage``: PrOMMiS's correlation with the free-extractant dosage (prommis 1.1.0,
+  prommis/solvent_extraction/solvent_extraction_reaction_package.py):
+  ``log10 D = (m0 + m1·dose)·pH + B0 + B1·log10(dose)``, dose = the free extractant as volume %
+  of pure extractant, ``100·[HA]free·M_E/(1000·ρ_E)`` (``extractant``: M_E g/mol, ρ_E g/L);
+- ``separation_factor``: ``D = β·D_ref`` relative to a ``reference`` species with its own model,
+  ``log10 β = log10_beta0 + pH_slope·(pH − pH_ref) + loading_slope·L``, L = 1 − [HA]free/[HA]tot
+  the fractional loading (acidity and loading dependence of DEHPA/PC88A separation factors:
+  Xie et al., Miner. Eng. 56 (2014) 10).
+
+Stoichiometry per species (any model): ``charge`` z (H+ released per ion extracted; default the
+element's usual charge, ``pilot_config.base.CHARGE``) and ``extractant_per_ion`` ν (HA
+monomer-equivalents bound per ion loaded; default 2z: 6 per Ln at saturation, so 1 M HA loads at
+most ~0.17 M Ln), so that [HA]free = C_HA − Σ ν_j C_org,j falls with loading.
 
 Contactors: ``mixer_settler`` (the volumes and k·a as given) or ``emulsion_flow`` (a stirred
 emulsion-flow extractor with ``throughput_factor`` (≈4) times the throughput of a mixer-settler
@@ -35,39 +48,51 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from .base import StrictModel, check_known_elements
+from .sx_case import EmpiricalDosage, ExtractantSpec, SeparationFactor
 
 
-class ConstantD(StrictModel):
+class _Stoichiometry(StrictModel):
+    charge: int | None = Field(None, ge=1, le=4, description=
+        "z: H+ released per ion extracted; default: the element's usual charge (pilot_config.base.CHARGE)")
+    extractant_per_ion: float | None = Field(
+        None, gt=0, le=12, description="ν: HA monomer-equivalents bound per ion loaded; default 2z")
+
+
+class ConstantD(_Stoichiometry):
     model: Literal["constant"]
     D: float = Field(gt=0, le=1e6, description="distribution ratio C_org/C_aq (-)")
-    charge: int = Field(3, ge=1, le=4, description="H+ released per ion extracted")
 
 
-class MassActionD(StrictModel):
+class MassActionD(_Stoichiometry):
     model: Literal["mass_action"]
     Kex: float = Field(gt=0, le=1e9, description="extraction constant, [HA] and [H+] in mol/L")
-    charge: int = Field(3, ge=1, le=4, description="z: H+ released per ion extracted (H+ order)")
     extractant_order: float | None = Field(
         None, ge=0, le=8, description="n, order in free extractant; default = charge")
-
-    @property
-    def n(self) -> float:
-        return float(self.charge if self.extractant_order is None else self.extractant_order)
+    h_order: float | None = Field(
+        None, ge=0, le=8, description="p, order in [H+] (D ∝ [H+]^-p); default = charge")
 
 
-class EmpiricalD(StrictModel):
+class EmpiricalD(_Stoichiometry):
     model: Literal["empirical"]
     slope_per_pH: float = Field(ge=0, le=6, description="m in log10 D = m·pH + b")
     intercept: float = Field(ge=-20, le=20, description="b in log10 D = m·pH + b")
-    charge: int = Field(3, ge=1, le=4, description="H+ released per ion extracted")
 
 
-Distribution = Annotated[Union[ConstantD, MassActionD, EmpiricalD], Field(discriminator="model")]
+class EmpiricalDosageD(_Stoichiometry, EmpiricalDosage):
+    """log10 D = (m0 + m1·dose)·pH + B0 + B1·log10(dose), dose in vol % of pure extractant."""
+
+
+class SeparationFactorD(_Stoichiometry, SeparationFactor):
+    """D = β·D_ref, log10 β = log10_beta0 + pH_slope·(pH − pH_ref) + loading_slope·L."""
+
+
+Distribution = Annotated[Union[ConstantD, MassActionD, EmpiricalD, EmpiricalDosageD, SeparationFactorD],
+                         Field(discriminator="model")]
 
 
 class StageCounts(StrictModel):
     extraction: int = Field(ge=1, le=60, description="stages from raffinate end to feed stage")
-    scrub: int = Field(ge=1, le=60, description="stages between feed stage and strip section")
+    scrub: int = Field(ge=0, le=60, description="stages between feed stage and strip section (0: none)")
     strip: int = Field(ge=1, le=30, description="stripping stages")
 
     @property
@@ -105,7 +130,8 @@ class CascadeConfig(StrictModel):
     design_feed_flow_L_per_h: float = Field(gt=0, le=1000, description="aqueous feed for sizing checks")
     feed_acidity_mol_per_L: float = Field(0.3, ge=0, le=6, description="design feed [H+] (initial input)")
     organic_flow_L_per_h: float = Field(gt=0, le=5000, description="loaded/recycled organic flow")
-    scrub_flow_L_per_h: float = Field(gt=0, le=1000, description="scrub acid into the last scrub stage")
+    scrub_flow_L_per_h: float = Field(
+        ge=0, le=1000, description="scrub acid into the last scrub stage (no scrub stages: joins the feed)")
     scrub_acid_mol_per_L: float = Field(ge=0, le=6, description="[H+] of the scrub acid")
     strip_flow_L_per_h: float = Field(gt=0, le=1000, description="strip acid into the last strip stage")
     strip_acid_mol_per_L: float = Field(gt=0, le=12, description="[H+] of the strip acid")
@@ -113,11 +139,19 @@ class CascadeConfig(StrictModel):
     saponification_fraction: float = Field(
         0.0, ge=0, le=0.6, description="share of HA recycled as Na/NH4 salt (neutralises acid in stage 1)")
     distribution: dict[str, Distribution] = Field(description="D model per species")
+    extractant: ExtractantSpec = Field(
+        default_factory=ExtractantSpec, description="pure extractant (M, ρ) for empirical_dosage's dosage")
 
     @field_validator("distribution")
     @classmethod
     def _every_species(cls, v: dict) -> dict:
-        return check_known_elements(v, "distribution")
+        v = check_known_elements(v, "distribution")
+        own = [s for s, m in v.items() if m.model != "separation_factor"]
+        for sym, m in v.items():
+            if m.model == "separation_factor" and m.reference not in own:
+                raise ValueError(f"distribution.{sym}.reference: {m.reference!r} must be a species with "
+                                 f"its own D model; allowed: {', '.join(own)}")
+        return v
 
     @property
     def factor(self) -> float:
@@ -169,7 +203,12 @@ class CascadeConfig(StrictModel):
 
     @model_validator(mode="after")
     def _sizing(self) -> "CascadeConfig":
+        if self.stages.scrub > 0 and self.scrub_flow_L_per_h <= 0.0:
+            raise ValueError(f"scrub_flow_L_per_h: a positive flow is needed with {self.stages.scrub} scrub "
+                             "stages; allowed: 0 only with stages.scrub: 0")
         for section, (flow_field, q) in self.section_flows_L_per_h().items():
+            if getattr(self.stages, section) == 0:
+                continue
             ka_tau = self.stage_ka_tau(section)
             if ka_tau < 1.0:
                 raise ValueError(

@@ -12,9 +12,9 @@ c: liquid in the voids, mol/m3; q: on the adsorbent, mol/kg; ε: bed porosity; �
 mass per bed volume, kg/m3, so the phase ratio is ρ_b/ε kg of adsorbent per m3 of void liquid
 (the textbook ((1−ε)/ε)·ρ_p with particle density ρ_p = ρ_b/(1−ε)).
 Acid: ion exchange M^n+ + n HR ⇌ MR_n + n H+ on the H-form adsorbent, with n_i the isotherm's
-proton exponent (the same stoichiometry that makes K ∝ [H+]^−n_i; Helfferich, Ion Exchange
-(1962) ch. 5): each ion loaded releases n_i protons into the void liquid, each ion eluted takes
-n_i back. On the shipped feed the HREE release ~1.4 mol/m3 against 10 mol/m3 of feed acid: the
+proton exponent (default the element's usual charge, ``pilot_config.base.CHARGE``; the same
+stoichiometry that makes K ∝ [H+]^−n_i; Helfferich, Ion Exchange (1962) ch. 5): each ion
+loaded releases n_i protons into the void liquid, each ion eluted takes n_i back. On the shipped feed the HREE release ~1.4 mol/m3 against 10 mol/m3 of feed acid: the
 acid wave travels with the liquid, ahead of the metal, so a loading column's outlet runs ~14 %
 above the feed acidity from about one void volume on and falls back as its metal breaks
 through; the acidity (conductivity) analysers show the loading front. Per column,
@@ -73,7 +73,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pilot_config.base import HREE, MOL_PER_L, SPECIES
+from pilot_config.base import CHARGE, HREE, MOL_PER_L, SPECIES
 
 from .adsorption_linalg import BandLayout, CarouselSystem
 from .adsorption_solver import rodas3_for
@@ -147,12 +147,17 @@ def cells_for_peclet(n_cells: int, peclet: float) -> int:
     return max(n_cells, min(need, MAX_CELLS))
 
 
-def params_from_config(cfg) -> AdsorptionParams:
-    """SI parameters from a ``CarouselConfig``; BV/h flows use the bed volume of one column."""
+def params_from_config(cfg, species: tuple[str, ...] = SPECIES) -> AdsorptionParams:
+    """SI parameters from a ``CarouselConfig``; BV/h flows use the bed volume of one column.
+    Per-species arrays in the order of ``species`` (the line's list, ``PilotLineConfig.species``)."""
     col = cfg.column
     area = np.pi * 0.25 * col.bed_diameter_m ** 2
     bv_per_h_to_si = area * col.bed_length_m / 3600.0
-    iso = [col.isotherms[s] for s in SPECIES]
+    missing = [s for s in species if s not in col.isotherms]
+    if missing:
+        raise ValueError(f"adsorption.column.isotherms: no isotherm for {missing}; the line's species are "
+                         f"{list(species)}")
+    iso = [col.isotherms[s] for s in species]
     ones = np.ones(cfg.n_columns)
     return AdsorptionParams(
         n_columns=cfg.n_columns, n_cells=cells_for_peclet(col.n_cells, col.peclet_number),
@@ -160,7 +165,8 @@ def params_from_config(cfg) -> AdsorptionParams:
         porosity=col.porosity, bulk_density=col.bulk_density_kg_per_m3, peclet=col.peclet_number,
         q_max=np.array([i.q_max_mol_per_kg for i in iso]),
         log_k_ref=np.log(np.maximum([i.K_L_m3_per_mol for i in iso], 1e-300)),
-        proton_exponent=np.array([i.proton_exponent for i in iso]),
+        proton_exponent=np.array([CHARGE[s] if i.proton_exponent is None else i.proton_exponent
+                                  for s, i in zip(species, iso)], dtype=float),
         k_ldf=np.array([i.k_ldf_per_s for i in iso]),
         h_ref=col.reference_acidity_mol_per_L * MOL_PER_L,
         dp_coefficient=cfg.pressure_drop_kPa_per_m_per_m_per_h * 1e3 * 3600.0,
@@ -209,8 +215,11 @@ class AdsorptionCarousel:
     """The carousel as a Unit of (t, x, u, p); see the module docstring for the equations."""
 
     def __init__(self, name: str, p: AdsorptionParams, species: tuple[str, ...] = SPECIES):
-        """``species``: the adsorbing species modelled (the twin: all of ``SPECIES``; the
-        carousel estimator's shadow: the HREE only, with ``p`` reduced to match)."""
+        """``species``: the adsorbing species modelled, in the order of ``p``'s per-species arrays
+        (the twin: the line's ``species``; the carousel estimator's shadow: the HREE only, with
+        ``p`` reduced to match)."""
+        if len(species) != len(p.q_max):
+            raise ValueError(f"{len(species)} species {list(species)} but isotherms for {len(p.q_max)}")
         self.name = name
         self.species = species
         self.ns = ns = len(species)
@@ -249,7 +258,8 @@ class AdsorptionCarousel:
 
     # -- layout ----------------------------------------------------------------------------
     def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Views: liquid (cols × cells × species+H), solid (cols × cells × species), cum (4 × 10)."""
+        """Views: liquid (cols × cells × species+H), solid (cols × cells × species), cum (outlets ×
+        species+H+volume)."""
         bed = x[: self.n_bed].reshape(self.n_columns, self.n_cells, self.nf)
         return bed[..., : self.nc], bed[..., self.nc:], x[self.n_bed:].reshape(len(OUTLETS), self.nc + 1)
 

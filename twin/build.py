@@ -4,6 +4,10 @@ Blocks, in flow order: ``plc`` (setpoints) → ``adsorption`` (carousel) → ``e
 ``extraction`` (cascade) → one block per electrolysis cell → ``distillation``. Streams:
 carousel ``eluate`` → tank ``in``; tank ``out`` → cascade ``feed``. The cells are fed TbCl3 by
 their own make-up feeders and tap alloy to distillation by discrete events (``sequences``).
+
+Species: every unit tracks the config's ``species`` (``PilotLineConfig.species``, default the
+shipped eight), in that order; every per-species array of the line (inventories, ledger,
+streams) follows it (``Line.species``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from pilot_config.base import (
     L_PER_H,
     MOL_PER_L,
     MOLAR_MASS_G_PER_MOL,
-    SPECIES,
     mg_per_L_to_mol_per_m3,
 )
 from pilot_config.loader import ConfigError, ConfigIssue
@@ -29,8 +32,6 @@ from .flowsheet import Block, Connection, Flowsheet
 from .plc import PlcSetpoints
 from .sensors import UnknownSignalError, bind_tags
 from .tank import Tank, TankParams
-
-TB = SPECIES.index("Tb")
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,14 @@ class Line:
         ("extraction", "raffinate"), ("extraction", "strip"))
     alloy_waiting: list[tuple[float, float]] = field(default_factory=list)
 
+    @property
+    def species(self) -> tuple[str, ...]:
+        """The elements the line tracks, in the order of every per-species array (config ``species``)."""
+        return self.flowsheet.species
+
     def alloy_in_transit(self) -> np.ndarray:
-        inv = np.zeros(len(SPECIES))
-        inv[TB] = sum(tb for tb, _ in self.alloy_waiting)
+        inv = np.zeros(len(self.species))
+        inv[self.species.index("Tb")] = sum(tb for tb, _ in self.alloy_waiting)
         return inv
 
     def cell_totals(self, cell: Block) -> tuple[float, float, float]:
@@ -71,8 +77,9 @@ class Line:
         return cell.x[i["cum_deposited_Tb"]], cell.x[i["cum_charge"]], cell.x[i["cum_energy"]]
 
 
-def _conc(mg_per_L: dict[str, float]) -> np.ndarray:
-    return np.array([mg_per_L_to_mol_per_m3(s, mg_per_L[s]) for s in SPECIES])
+def _conc(mg_per_L: dict[str, float], species: tuple[str, ...]) -> np.ndarray:
+    """mol/m3 of each of ``species`` (the line's order) from a config map in mg/L."""
+    return np.array([mg_per_L_to_mol_per_m3(s, mg_per_L[s]) for s in species])
 
 
 def _plc_block(config) -> Block:
@@ -80,7 +87,7 @@ def _plc_block(config) -> Block:
     values = [config.adsorption.breakthrough_limit_fraction]
     for cell in config.electrolysis.cells:
         c = elec.params_from_config(cell)
-        unit = elec.ElectrolysisCell(cell.name)
+        unit = elec.ElectrolysisCell(cell.name, config.species)
         x0, u0 = unit.initial_state(c), unit.nominal_inputs(c, cell.current_setpoint_A)
         salt_w0 = elec.cell_terms(x0, u0, c).w_salt
         names += [f"{cell.name}.temperature_sp", f"{cell.name}.salt_tb_sp", f"{cell.name}.tap_fraction",
@@ -93,10 +100,10 @@ def _plc_block(config) -> Block:
 def _adsorption_block(config, start: str) -> Block:
     """``design``: the lead column saturated with feed, the lag fresh (mid-cycle carousel);
     ``cold``: every column fresh."""
-    p = ads.params_from_config(config.adsorption)
-    unit = ads.AdsorptionCarousel("adsorption", p)
+    p = ads.params_from_config(config.adsorption, config.species)
+    unit = ads.AdsorptionCarousel("adsorption", p, config.species)
     feed = config.feed
-    c_feed, h_feed = _conc(feed.composition_mg_per_L), feed.acidity_mol_per_L * MOL_PER_L
+    c_feed, h_feed = _conc(feed.composition_mg_per_L, config.species), feed.acidity_mol_per_L * MOL_PER_L
     u = unit.design_inputs(p, feed.flow_L_per_h * L_PER_H, c_feed, h_feed)
     x = (unit.initial_state(p, "lead_saturated", c_feed, h_feed) if start == "design"
          else unit.initial_state(p))
@@ -108,11 +115,12 @@ def _adsorption_block(config, start: str) -> Block:
 
 def _tank_block(config) -> Block:
     cfg = config.eluate_tank
-    tank = Tank("eluate_tank")
+    tank = Tank("eluate_tank", config.species)
     sp = cfg.acidity_setpoint_mol_per_L
     p = TankParams(cfg.capacity_L / 1000.0, cfg.low_volume_L / 1000.0,
                    None if sp is None else sp * MOL_PER_L)
-    conc = np.append(_conc(cfg.initial_composition_mg_per_L), cfg.initial_acidity_mol_per_L * MOL_PER_L)
+    conc = np.append(_conc(cfg.initial_composition_mg_per_L, config.species),
+                     cfg.initial_acidity_mol_per_L * MOL_PER_L)
     blk = Block("eluate_tank", tank, p, tank.initial_state(cfg.initial_volume_L / 1000.0, conc))
     blk.set_input("out_flow", cfg.cascade_feed_L_per_h * L_PER_H)
     blk.refresh()
@@ -120,10 +128,10 @@ def _tank_block(config) -> Block:
 
 
 def _cascade_block(config, start: str) -> Block:
-    p = sx.params_from_config(config.extraction)
+    p = sx.params_from_config(config.extraction, species=config.species)
     unit = sx.Cascade("extraction", p)
     tank = config.eluate_tank
-    u = unit.design_inputs(p, _conc(tank.initial_composition_mg_per_L),
+    u = unit.design_inputs(p, _conc(tank.initial_composition_mg_per_L, config.species),
                            tank.initial_acidity_mol_per_L * MOL_PER_L)
     u[unit.input_index["feed_flow"]] = tank.cascade_feed_L_per_h * L_PER_H
     x = unit.steady_state(u, p) if start == "design" else unit.initial_state(p)
@@ -133,7 +141,7 @@ def _cascade_block(config, start: str) -> Block:
 def _cell_blocks(config) -> tuple[list[Block], dict[str, HeaterPI]]:
     blocks, pis = [], {}
     for cfg in config.electrolysis.cells:
-        unit = elec.ElectrolysisCell(cfg.name)
+        unit = elec.ElectrolysisCell(cfg.name, config.species)
         p = elec.params_from_config(cfg)
         blk = Block(cfg.name, unit, p, unit.initial_state(p), u=unit.nominal_inputs(p, cfg.current_setpoint_A))
         loss = p.ua * (p.t0 - p.t_amb)
@@ -147,7 +155,7 @@ def _cell_blocks(config) -> tuple[list[Block], dict[str, HeaterPI]]:
 
 
 def _distillation_block(config) -> Block:
-    unit = dist.VacuumDistillation("distillation")
+    unit = dist.VacuumDistillation("distillation", config.species)
     p = dist.params_from_config(config.distillation)
     return Block("distillation", unit, p, unit.initial_state(p))
 
@@ -158,7 +166,7 @@ def build_line(config, start: str = "design") -> Line:
               _cascade_block(config, start), *cells, _distillation_block(config)]
     connections = [Connection("adsorption", "eluate", "eluate_tank", "in"),
                    Connection("eluate_tank", "out", "extraction", "feed")]
-    fs = Flowsheet(blocks, connections)
+    fs = Flowsheet(blocks, connections, species=config.species)
     metal = config.distillation.metal
     return Line(flowsheet=fs, n_columns=config.adsorption.n_columns,
                 n_stages=blocks[3].p.n_stages, cells=tuple(c.name for c in cells), heater_pi=pis,

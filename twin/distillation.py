@@ -40,7 +40,6 @@ from pilot_config.base import (
 
 R_GAS = GAS_CONSTANT_J_PER_MOL_K
 M_TB = MOLAR_MASS_G_PER_MOL["Tb"] / 1000.0
-TB = SPECIES.index("Tb")
 N_EMPTY = 1e-6  # mol: evaporation stops as the crucible runs dry
 
 PHASE_IDLE, PHASE_HEAT, PHASE_HOLD, PHASE_COOL = 0, 1, 2, 3
@@ -141,8 +140,11 @@ class VacuumDistillation:
     output_names = OUTPUT_NAMES
     preferred_method = "LSODA"
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, species: tuple[str, ...] = SPECIES):
+        """``species``: the line's elements, the order of ``inventory`` (Tb among them)."""
         self.name = name
+        self.species = species
+        self._tb = species.index("Tb")
 
     params_from_config = staticmethod(params_from_config)
 
@@ -168,8 +170,8 @@ class VacuumDistillation:
         return np.array([x[2], residual, evap, float(phase), power, act, p_sat, mass, x[0]])
 
     def inventory(self, x: np.ndarray, p: DistillationParams) -> np.ndarray:
-        inv = np.zeros(len(SPECIES))
-        inv[TB] = x[0]
+        inv = np.zeros(len(self.species))
+        inv[self._tb] = x[0]
         return inv
 
 

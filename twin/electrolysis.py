@@ -84,7 +84,6 @@ M_TB = MOLAR_MASS_G_PER_MOL["Tb"] / 1000.0  # kg/mol
 M_CL = 35.453e-3
 M_TBCL3 = M_TB + 3.0 * M_CL
 M_LI = 6.94e-3
-TB = SPECIES.index("Tb")
 LN10 = math.log(10.0)
 AE_WIDTH = 0.02  # relative width of the anode-effect switch
 X_FLOOR = 1e-4  # residual Tb mole fraction of a "fresh" cathode (keeps ln a_Tb finite)
@@ -349,8 +348,11 @@ class ElectrolysisCell:
     #: the method that keeps this small, mildly stiff unit cheap (see the report / integrate.advance)
     preferred_method = "LSODA"
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, species: tuple[str, ...] = SPECIES):
+        """``species``: the line's elements, the order of ``inventory`` (Tb among them)."""
         self.name = name
+        self.species = species
+        self._tb = species.index("Tb")
 
     params_from_config = staticmethod(params_from_config)
 
@@ -385,8 +387,8 @@ class ElectrolysisCell:
                          c.limited, p.u_max])
 
     def inventory(self, x: np.ndarray, p: CellParams) -> np.ndarray:
-        inv = np.zeros(len(SPECIES))
-        inv[TB] = x[0] + x[1]
+        inv = np.zeros(len(self.species))
+        inv[self._tb] = x[0] + x[1]
         return inv
 
 

@@ -6,7 +6,10 @@ Layout (stages k = 1..N in flowsheet order: extraction 1..Ne | scrub | strip):
     aqueous : scrub acid → last scrub stage → … → feed stage Ne (+ feed) → … → 1 → raffinate
               strip acid → stage N → … → first strip stage → strip liquor
 
-Units SI (m3, mol/m3, s). Components c: the species of ``pilot_config.base.SPECIES`` plus H+
+With no scrub stages (``stages.scrub: 0``) the feed stage Ne has no aqueous from upstream and the
+scrub acid, if any flows, joins the feed there.
+
+Units SI (m3, mol/m3, s). Components c: the species of ``CascadeParams.species`` plus H+
 (aqueous only). Per stage a mixer and a settler, each holding an aqueous and an organic phase.
 
 Mixer: fixed total volume V_m, the phase split following the entering flows at once,
@@ -45,10 +48,14 @@ smooth loss of k·a (assumption, β = ``efficiency_loss``):
 Distribution (``pilot_config.extraction``), written as one power law per species:
 
     D_i = A_i · f_kex,i · [HA]free^n_i · [H+]^−p_i,   [·] in mol/L
-    [HA]free = C_HA·f_HA − Σ_j 2 z_j C_om,j          (smoothly floored at 0.1 % of C_HA)
+    [HA]free = C_HA·f_HA − Σ_j ν_j C_om,j            (smoothly floored at 0.1 % of C_HA; ν = 2z default)
 
-constant: A = D, n = p = 0; mass action: A = Kex, n, p = z; empirical (log10 D = m·pH + b):
-A = 10^b, n = 0, p = m. ``kex_factor`` (f_kex, not applied to constant D) and
+constant: A = D, n = p = 0; mass action: A = Kex, n and p (default z); empirical
+(log10 D = m·pH + b): A = 10^b, n = 0, p = m. The other kinds are evaluated with the
+``twin.sx.distribution`` models in pH = −log10[H+] and [HA]free (the power laws then too, the
+same equations): empirical_dosage, log10 D = (m0 + m1·dose)·pH + B0 + B1·log10(dose), and
+separation_factor, D_i = β_i·D_ref with log10 β_i linear in pH and in the loading 1 − [HA]free/C_HA.
+``kex_factor`` (f_kex, not applied to constant D) and
 ``extractant_factor`` (f_HA) model extractant degradation / dilution (dataclasses.replace).
 Each ion extracted releases z_i H+ to the aqueous phase, each stripped ion takes z_i back, so
 the acidity and D change from stage to stage. Saponified extractant (fraction s of C_HA,
@@ -90,7 +97,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pilot_config.base import MOL_PER_L, SPECIES
+from pilot_config.base import MOL_PER_L, RARE_EARTHS, SPECIES, reo_g_per_mol
 
 from .extraction_support import (  # noqa: F401  (CascadeParams, params_from_config: the unit's API)
     H_FLOOR,
@@ -108,16 +115,18 @@ from .extraction_support import (  # noqa: F401  (CascadeParams, params_from_con
 from .unit import index_map
 
 PHASES = ("mixer.aq", "mixer.org", "settler.aq", "settler.org")
-#: g of rare-earth oxide per mol of metal (Dy2O3, Tb4O7, Nd2O3, Pr6O11; O = 15.999)
-REO_G_PER_MOL = {"Dy": 186.4985, "Tb": 186.9228, "Nd": 168.2405, "Pr": 170.2408}
-REE = ("Dy", "Tb", "Nd", "Pr")
+#: g of rare-earth oxide per mol of metal: Ln2O3, CeO2, Pr6O11, Tb4O7 (``reo_g_per_mol``); the
+#: product four keep the cascade's calibrated figures (Dy2O3, Tb4O7, Nd2O3, Pr6O11).
+REO_G_PER_MOL = {s: reo_g_per_mol(s) for s in RARE_EARTHS} | {
+    "Dy": 186.4985, "Tb": 186.9228, "Nd": 168.2405, "Pr": 170.2408}
 
 
 def reo_purity(n: np.ndarray, species: str, names: tuple[str, ...] = SPECIES) -> float:
-    """Share of ``species`` among Dy, Tb, Nd, Pr on an oxide-mass basis (0 if none)."""
-    w = np.array([REO_G_PER_MOL[s] * n[names.index(s)] for s in REE])
+    """Share of ``species`` among the rare earths of ``names`` on an oxide-mass basis (0 if none)."""
+    ree = [i for i, s in enumerate(names) if s in REO_G_PER_MOL]
+    w = np.array([REO_G_PER_MOL[names[i]] * n[i] for i in ree])
     total = float(w.sum())
-    return float(w[REE.index(species)] / total) if total > 1e-30 else 0.0
+    return float(w[ree.index(names.index(species))] / total) if total > 1e-30 else 0.0
 
 
 class Cascade:
@@ -125,34 +134,34 @@ class Cascade:
 
     def __init__(self, name: str, p: CascadeParams):
         self.name = name
-        self.species = SPECIES
+        self.species = sp = p.species
         self.ne, self.ns, self.nst = p.n_extraction, p.n_scrub, p.n_strip
         self.n = n = p.n_stages
-        ns = len(SPECIES)
+        ns = len(sp)
         self.nc = nc = ns + 1  # + H
         self.cells_per_settler = nn = p.settler_cells
         self.width = (nn + 1) * (nc + ns)  # states per stage: mixer | settler cells (aq | org)
-        comps = (*SPECIES, "H")
+        comps = (*sp, "H")
         stage_names = []
         for k in range(1, n + 1):
             stage_names += [f"stage{k}.mixer.aq.{c}" for c in comps]
-            stage_names += [f"stage{k}.mixer.org.{c}" for c in SPECIES]
+            stage_names += [f"stage{k}.mixer.org.{c}" for c in sp]
             for j in range(1, nn + 1):
                 cell = "" if nn == 1 else f"{j}"
                 stage_names += [f"stage{k}.settler{cell}.aq.{c}" for c in comps]
-                stage_names += [f"stage{k}.settler{cell}.org.{c}" for c in SPECIES]
+                stage_names += [f"stage{k}.settler{cell}.org.{c}" for c in sp]
         cum = []
         for outlet in ("raffinate", "strip"):
             cum += [f"cum_{outlet}_{c}" for c in comps] + [f"cum_{outlet}_volume"]
         cum.append("cum_raffinate_organic")  # V_e, m3 of organic entrained
         self.n_stage_states = len(stage_names)
         self.state_names = (*stage_names, *cum)
-        self.input_names = ("feed_flow", *(f"feed_{s}" for s in SPECIES), "feed_H",
+        self.input_names = ("feed_flow", *(f"feed_{s}" for s in sp), "feed_H",
                             "organic_flow", "scrub_flow", "scrub_H", "strip_flow", "strip_H")
-        outs = ["raffinate.flow", *(f"raffinate.{s}" for s in SPECIES), "raffinate.H",
-                "strip.flow", *(f"strip.{s}" for s in SPECIES), "strip.H"]
+        outs = ["raffinate.flow", *(f"raffinate.{s}" for s in sp), "raffinate.H",
+                "strip.flow", *(f"strip.{s}" for s in sp), "strip.H"]
         for k in range(1, n + 1):
-            outs += [f"stage{k}.aq.{s}" for s in SPECIES] + [f"stage{k}.org.{s}" for s in SPECIES]
+            outs += [f"stage{k}.aq.{s}" for s in sp] + [f"stage{k}.org.{s}" for s in sp]
             outs.append(f"stage{k}.pH")
         outs += ["organic_inventory", "tb_purity", "dy_purity", "raffinate.organic"]
         self.output_names = tuple(outs)
@@ -161,7 +170,7 @@ class Cascade:
         self.output_index = index_map(self.output_names)
         # aqueous upstream stage of each stage (n = none: fed from outside)
         up = np.arange(1, n + 1)
-        up[self.ne + self.ns - 1] = n  # last scrub stage: scrub acid
+        up[self.ne + self.ns - 1] = n  # last scrub stage (the feed stage if none): scrub acid
         up[n - 1] = n  # last strip stage: strip acid
         self._up = up
         self._p0 = p
@@ -169,6 +178,7 @@ class Cascade:
         self._flow_cache = None
         self._prev = np.roll(np.arange(n), 1)  # organic from the previous stage (1 ← N)
         self.i_entrained = self.state_index["cum_raffinate_organic"]
+        self._i_feed = self.input_index[f"feed_{sp[0]}"]  # first of the feed concentrations
 
     # -- layout helpers --------------------------------------------------------------------
     def cells(self, x: np.ndarray):
@@ -236,7 +246,7 @@ class Cascade:
         ii = self.input_index
         u[ii["feed_flow"]] = p.design_feed_flow
         if feed_conc is not None:
-            u[ii["feed_Dy"]: ii["feed_Dy"] + len(SPECIES)] = feed_conc
+            u[self._i_feed: self._i_feed + len(self.species)] = feed_conc
         u[ii["feed_H"]] = p.design_feed_H if feed_H is None else feed_H
         u[ii["organic_flow"]], u[ii["scrub_flow"]] = p.organic_flow, p.scrub_flow
         u[ii["scrub_H"]], u[ii["strip_flow"]], u[ii["strip_H"]] = p.scrub_H, p.strip_flow, p.strip_H
@@ -292,7 +302,7 @@ class Cascade:
         q_up = np.append(qa, 0.0)[up]
         src = np.vstack([sa_out, np.zeros(self.nc)])[up]
         ain = q_up[:, None] * src
-        feed = np.append(u[ii["feed_Dy"]: ii["feed_Dy"] + self.nc - 1], u[ii["feed_H"]])
+        feed = np.append(u[self._i_feed: self._i_feed + self.nc - 1], u[ii["feed_H"]])
         ain[self.ne - 1] += qf * feed
         ain[self.ne + self.ns - 1, -1] += qs * u[ii["scrub_H"]]
         ain[self.n - 1, -1] += qst * u[ii["strip_H"]]
@@ -339,7 +349,8 @@ class Cascade:
         per_stage = np.hstack([sa[:, :ns], so, ph[:, None]]).ravel()
         return np.concatenate([
             [qa[0]], raff, [qst], strip, per_stage,
-            [self.organic_inventory(x, p), reo_purity(raff, "Tb"), reo_purity(strip, "Dy"), organic]])
+            [self.organic_inventory(x, p), reo_purity(raff, "Tb", self.species),
+             reo_purity(strip, "Dy", self.species), organic]])
 
     # -- bookkeeping ------------------------------------------------------------------------
     def organic_inventory(self, x: np.ndarray, p: CascadeParams) -> float:

@@ -3,8 +3,8 @@
 
 Parameters: ``CascadeParams`` (SI) from a ``CascadeConfig``; the mixers split at the design flows.
 
-Jacobian structure: per stage a dense 17×17 block couples the mixer's aqueous (species + H+) and
-organic moles n = V·C through the mass transfer N(C_am, C_om) (D depends on [H+] and on the
+Jacobian structure: per stage a dense (2S+1)×(2S+1) block (S species) couples the mixer's aqueous
+(species + H+) and organic moles n = V·C through the mass transfer N(C_am, C_om) (D depends on [H+] and on the
 organic loading); the columns are ∂/∂n = (1/V)·∂/∂C at the split of the current flows.
 Everything else is first-order flow coupling: settler cell 1 ← its mixer (Q/(V_cell·V_m)),
 cell j ← cell j − 1, mixer aq ← the upstream settler's last aq cell, mixer org ← the previous
@@ -13,7 +13,7 @@ cells. Derivatives of N (k·a per stage, reduced past the capacity; it depends o
 
     ∂N_i/∂C_am,i = k·a V_a V_o D_i / den_i,      ∂N_i/∂C_om,i|_D = −k·a V_a V_o / den_i,
     ∂N_i/∂D_i    = k·a V_a V_o (C_am,i V_a + C_om,i V_o) / den_i²,   den_i = V_a + D_i V_o,
-    ∂D_i/∂H = D_i ∂lnD_i/∂H,                     ∂D_i/∂C_om,j = D_i ∂lnD_i/∂load · 2 z_j.
+    ∂D_i/∂H = D_i ∂lnD_i/∂H,                     ∂D_i/∂C_om,j = D_i ∂lnD_i/∂load · ν_j.
 
 Entrainment into the raffinate (Q_e): cum_raffinate_<sp> ← every settler organic cell
 (Q_e V_os,k°/(N_c ΣV_os°)), V_e ← itself (∂Q_e/∂V_e = −Q_e/(f ΣV_os°)), and every settler
@@ -34,7 +34,13 @@ from scipy.sparse.linalg import spsolve
 
 from pilot_config.base import L_PER_H, MOL_PER_L, SPECIES
 
-H_FLOOR = 1e-3  # mol/m3 (pH 6): smooth lower bound of [H+] inside D
+from .extraction_distribution import (  # noqa: F401  (H_FLOOR, distribution: the unit's API)
+    H_FLOOR,
+    _distribution_arrays,
+    _smax,
+    _sx_models,
+    distribution,
+)
 
 
 class SteadyStateError(RuntimeError):
@@ -84,29 +90,32 @@ class CascadeParams:
     flood_entrainment: float = 0.0  # φ_flood: organic per raffinate volume at Q = 2 Q_cap
     efficiency_loss: float = 0.0  # β: k·a / (1 + β max(Q/Q_cap − 1, 0)²)
     settler_cells: int = 1  # N_c: cells in series per settler phase (structural: fixed per unit)
+    species: tuple[str, ...] = SPECIES  # the elements tracked, in the order of every species axis
+    extractant_per_ion: np.ndarray | None = None  # ν_i, HA bound per ion loaded (None: 2 z_i)
+    #: ``twin.sx.distribution`` model per species when any is beyond the power law (else None)
+    models: tuple | None = None
+
+    @property
+    def nu(self) -> np.ndarray:
+        return 2.0 * self.charge if self.extractant_per_ion is None else self.extractant_per_ion
 
     @property
     def n_stages(self) -> int:
         return self.n_extraction + self.n_scrub + self.n_strip
 
 
-def _distribution_arrays(cfg):
-    """(ln A, n, p, z, f_kex applies) per species from the ``distribution`` section."""
-    out = []
-    for sp in SPECIES:
-        m = cfg.distribution[sp]
-        if m.model == "constant":
-            a, nn, pp = np.log(m.D), 0.0, 0.0
-        elif m.model == "mass_action":
-            a, nn, pp = np.log(m.Kex), m.n, float(m.charge)
-        else:
-            a, nn, pp = m.intercept * np.log(10.0), 0.0, m.slope_per_pH
-        out.append((a, nn, pp, float(m.charge), m.model != "constant"))
-    return [np.array(col) for col in zip(*out)]
-
-
-def params_from_config(cfg) -> CascadeParams:
-    """SI parameters from a ``CascadeConfig`` (mixer volumes split at the design flows)."""
+def params_from_config(cfg, species: tuple[str, ...] = SPECIES) -> CascadeParams:
+    """SI parameters from a ``CascadeConfig`` for the line's ``species`` (in that order; each
+    needs a ``distribution`` entry). Mixer volumes split at the design flows."""
+    missing = [sp for sp in species if sp not in cfg.distribution]
+    if missing:
+        raise ValueError(f"extraction.distribution: no entry for {', '.join(missing)}; "
+                         f"allowed: one entry per species of the line ({', '.join(species)})")
+    for sp in species:
+        ref = getattr(cfg.distribution[sp], "reference", None)
+        if ref is not None and ref not in species:
+            raise ValueError(f"extraction.distribution.{sp}.reference: {ref!r} is not a species of the "
+                             f"line; allowed: {', '.join(species)}")
     st = cfg.stages
     n = st.total
     q_org = cfg.organic_flow_L_per_h
@@ -115,7 +124,8 @@ def params_from_config(cfg) -> CascadeParams:
     v_mix = cfg.mixer_holdup_L * 1e-3
     v_set = cfg.settler_holdup_L * 1e-3 * np.ones(n)
     frac_org = organic_split(q_aq * L_PER_H, q_org * L_PER_H, np.full(n, 0.5))
-    log_a, order_ha, order_h, charge, scaled = _distribution_arrays(cfg)
+    species = tuple(species)
+    log_a, order_ha, order_h, charge, nu, scaled = _distribution_arrays(cfg, species)
     return CascadeParams(
         n_extraction=st.extraction, n_scrub=st.scrub, n_strip=st.strip,
         v_aq_mixer=v_mix * (1.0 - frac_org), v_org_mixer=v_mix * frac_org,
@@ -132,34 +142,8 @@ def params_from_config(cfg) -> CascadeParams:
         strip_flow=cfg.strip_flow_L_per_h * L_PER_H, strip_H=cfg.strip_acid_mol_per_L * MOL_PER_L,
         capacity=cfg.capacity_L_per_h * L_PER_H, flood_entrainment=cfg.flood_entrainment,
         efficiency_loss=cfg.efficiency_loss, settler_cells=cfg.settler_cells,
+        species=species, extractant_per_ion=nu, models=_sx_models(cfg, species, order_ha, order_h),
     )
-
-
-def _smax(x: np.ndarray, floor: float) -> np.ndarray:
-    """Smooth max(x, 0) bounded below by ~floor/2."""
-    return 0.5 * (x + np.sqrt(x * x + floor * floor))
-
-
-def distribution(h: np.ndarray, c_org: np.ndarray, p) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """D (stages × species), plus ∂lnD/∂H and ∂lnD/∂[HA]free·∂[HA]free/∂load (for Jacobians).
-
-    ``h``: mixer aqueous [H+] (mol/m3, per stage); ``c_org``: mixer organic (stages × species).
-    """
-    ha_tot = p.extractant * p.extractant_factor
-    load = c_org @ (2.0 * p.charge)
-    raw = ha_tot - load
-    floor = 1e-3 * ha_tot
-    free = _smax(raw, floor)
-    hh = _smax(h, H_FLOOR)
-    log_a = p.log_a + np.where(p.kex_scaled, np.log(p.kex_factor), 0.0)
-    ln_d = (log_a + np.outer(np.log(free / MOL_PER_L), p.order_ha)
-            - np.outer(np.log(hh / MOL_PER_L), p.order_h))
-    d = np.exp(np.clip(ln_d, -40.0, 40.0))
-    dfree = 0.5 * (1.0 + raw / np.sqrt(raw * raw + floor * floor))  # d free / d raw
-    dhh = 0.5 * (1.0 + h / np.sqrt(h * h + H_FLOOR * H_FLOOR))
-    dlnd_dh = -np.outer(dhh / hh, p.order_h)
-    dlnd_dload = -np.outer(dfree / free, p.order_ha)  # per unit of load (mol/m3 HA)
-    return d, dlnd_dh, dlnd_dload
 
 
 def _structure(c) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -234,7 +218,7 @@ def _mixer_blocks(c, p, qa, qo, va, vo, ca, co, ka) -> np.ndarray:
     ja = np.zeros((n, ns, ns + 1))  # ∂N/∂C_am
     ja[:, :, :ns] = g_a[:, :, None] * eye
     ja[:, :, ns] = g_d * dlnd_dh
-    jo = g_o[:, :, None] * eye + (g_d * dlnd_dload)[:, :, None] * (2.0 * p.charge)[None, None, :]
+    jo = g_o[:, :, None] * eye + (g_d * dlnd_dload)[:, :, None] * p.nu[None, None, :]
     z = p.charge
     b = np.empty((n, 2 * ns + 1, 2 * ns + 1))  # rows mol/s: mixer aq (species + H) | mixer org
     b[:, :ns, : ns + 1] = -ja

@@ -28,22 +28,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from pilot_config.base import SPECIES
-
-TB = SPECIES.index("Tb")
-
 
 class Ledger:
+    """The balance of every element of the line's ``species`` (arrays in that order)."""
+
     def __init__(self, line, salt=None):
         self.line, self.salt = line, salt
+        self.species = species = line.species
+        self._tb = species.index("Tb")
         fs = line.flowsheet
         ads = fs.blocks[line.adsorption]
         self._feed_flow = ads.input_index["feed_flow"]
-        self._feed_conc = np.array([ads.input_index[f"feed_{s}"] for s in SPECIES])
-        self.feed_in = np.zeros(len(SPECIES))
-        self.salt_in = np.zeros(len(SPECIES))
-        self.upset_in = np.zeros(len(SPECIES))
-        self.product_out = np.zeros(len(SPECIES))
+        self._feed_conc = np.array([ads.input_index[f"feed_{s}"] for s in species])
+        self.feed_in = np.zeros(len(species))
+        self.salt_in = np.zeros(len(species))
+        self.upset_in = np.zeros(len(species))
+        self.product_out = np.zeros(len(species))
         self.held0 = self.held()
         self.out0 = self.unit_outflows()
 
@@ -54,7 +54,7 @@ class Ledger:
         if self.salt is None:  # no salt route: the make-up is a source
             for name in self.line.cells:
                 cell = self.line.flowsheet.blocks[name]
-                self.salt_in[TB] += cell.u[cell.input_index["salt_feed_rate"]] * dt
+                self.salt_in[self._tb] += cell.u[cell.input_index["salt_feed_rate"]] * dt
 
     def after_step(self, dt: float) -> None:
         """Book what entered units with scaled inputs over the step just taken (``upset_in``)."""
@@ -66,45 +66,46 @@ class Ledger:
                 continue
             ii, u = block.input_index, block.u
             q = ii[f"{c.prefix}_flow"]
-            for k, sp in enumerate(SPECIES):
+            for k, sp in enumerate(self.species):
                 i = ii.get(f"{c.prefix}_{sp}")
                 if i is not None:
                     self.upset_in[k] += (scale[q] * scale[i] - 1.0) * u[q] * u[i] * dt
 
     def add_salt(self, tb_mol: float) -> None:
-        self.salt_in[TB] += tb_mol
+        self.salt_in[self._tb] += tb_mol
 
     def add_product(self, tb_mol: float) -> None:
-        self.product_out[TB] += tb_mol
+        self.product_out[self._tb] += tb_mol
 
     def held(self) -> np.ndarray:
         return self.line.flowsheet.inventory() + self.line.alloy_in_transit() + self.salt_held()
 
     def salt_held(self) -> np.ndarray:
         """Salt-preparation hold-up and TbCl3 store (mol)."""
-        held = np.zeros(len(SPECIES))
+        held = np.zeros(len(self.species))
         if self.salt is not None:
-            held[TB] = self.salt.holdup + self.salt.store
+            held[self._tb] = self.salt.holdup + self.salt.store
         return held
 
     def stream(self, block: str, outlet: str) -> np.ndarray:
         """mol of each species that left ``block`` through ``outlet`` since t = 0."""
-        cum = self.line.flowsheet.blocks[block].cumulative(outlet, SPECIES)
-        return cum[1 : 1 + len(SPECIES)]
+        cum = self.line.flowsheet.blocks[block].cumulative(outlet, self.species)
+        return cum[1 : 1 + len(self.species)]
 
     def unit_outflows(self) -> np.ndarray:
-        total = np.zeros(len(SPECIES))
+        total = np.zeros(len(self.species))
         for block, outlet in self.line.exits:
             total += self.stream(block, outlet)
         if self.salt is not None:  # the Tb product goes to salt preparation; its losses leave
-            total[TB] += self.salt.lost - self.stream(self.line.extraction, "raffinate")[TB]
+            total[self._tb] += self.salt.lost - self.stream(self.line.extraction, "raffinate")[self._tb]
         return total
 
     def sources(self) -> dict[str, float]:
         """Where the line's Tb came from (mol): the leach feed, upsets, the salt additions booked
         as sources, and the stated initial inventories of the salt route."""
-        out = {"leach_feed": float(self.feed_in[TB]), "upset": float(self.upset_in[TB]),
-               "salt_added": float(self.salt_in[TB])}
+        tb = self._tb
+        out = {"leach_feed": float(self.feed_in[tb]), "upset": float(self.upset_in[tb]),
+               "salt_added": float(self.salt_in[tb])}
         if self.salt is not None:
             out |= {"initial_store_stock": self.salt.p.stock0, "initial_salt_prep_holdup": self.salt.p.holdup0}
         return out
@@ -119,4 +120,4 @@ class Ledger:
     def balance_error(self) -> dict[str, float]:
         t = self.totals()
         err = (t["in"] - t["out"] - t["held_change"]) / np.maximum(t["in"], 1e-30)
-        return {sp: float(e) for sp, e in zip(SPECIES, err)}
+        return {sp: float(e) for sp, e in zip(self.species, err)}

@@ -12,9 +12,10 @@ A unit model is a *pure* description of dynamics in the style of python-control:
   malfunctions change a parameter (``dataclasses.replace``) without rebuilding the unit.
 - SI units inside (see ``pilot_config.base``).
 - Mass bookkeeping: a unit that holds species reports ``inventory(x, p)`` in mol per species
-  (canonical ``SPECIES`` order), and integrates each outlet stream into states named
-  ``cum_<outlet>_<species>`` (mol) so that what leaves one unit over a step is exactly what
-  the next unit receives. Inlets are zero-order-held over a step, so inflow is ``Q·c·dt``.
+  (in the order of the line's ``species``, the config's list; ``SPECIES`` by default), and
+  integrates each outlet stream into states named ``cum_<outlet>_<species>`` (mol) so that what
+  leaves one unit over a step is exactly what the next unit receives. Inlets are
+  zero-order-held over a step, so inflow is ``Q·c·dt``.
 """
 
 from __future__ import annotations
