@@ -1,8 +1,10 @@
-"""Config of the Dy/Tb solvent-extraction cascade (extraction | scrub | strip, closed organic loop;
-``stages.scrub: 0`` for extraction and strip only, the scrub acid, if any, joining the feed).
+"""Config of the Dy/Tb solvent-extraction cascade (extraction | scrub | strip, closed organic loop
+or, ``organic_loop: open``, a configured organic inlet; ``stages.scrub: 0`` for extraction and
+strip only, the scrub acid, if any, joining the feed; optional ``acid:`` speciation and activity).
 
 Distribution ratio D = C_org / C_aq at equilibrium, per species, one of five models
-(discriminated on ``model``; pH = −log10 [H+]/(mol/L) of the mixer's aqueous phase):
+(discriminated on ``model``; pH = −log10 [H+]/(mol/L) of the mixer's aqueous phase, with
+``acid:`` −log10 of the free H+ activity):
 
 - ``constant``:    D fixed (for checks against Kremser and for inert tracers);
 - ``mass_action``: cation exchange with an acidic organophosphorus extractant (P507 / HEHEHP,
@@ -48,7 +50,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from .base import StrictModel, check_known_elements
-from .sx_case import EmpiricalDosage, ExtractantSpec, SeparationFactor
+from .sx_case import AcidSpec, EmpiricalDosage, ExtractantSpec, SeparationFactor
 
 
 class _Stoichiometry(StrictModel):
@@ -88,6 +90,30 @@ class SeparationFactorD(_Stoichiometry, SeparationFactor):
 
 Distribution = Annotated[Union[ConstantD, MassActionD, EmpiricalD, EmpiricalDosageD, SeparationFactorD],
                          Field(discriminator="model")]
+
+
+class CascadeAcid(AcidSpec):
+    """Aqueous acid chemistry per stage (``twin.extraction_acid``): with ``speciation: sulfate``
+    the acid pool is the total H_T = [H+] + [HSO4-] and sulfate S_T is carried with the aqueous
+    flows (not extracted); the free [H+] of HSO4- ⇌ H+ + SO4 2- (log10 K ``hso4_log10_K``, mol/L)
+    sets D and the pH, pH = −log10(γ[H+]) with γ from ``activity`` (none | davies | bromley,
+    ``bromley_B_kg_per_mol`` for the strong acid). Acid fields of the cascade (``*_acid_mol_per_L``,
+    ``feed_H`` etc.) are then totals H_T; a section with no sulfate (a chloride strip) is fully
+    dissociated, only the activity applies."""
+
+    speciation: Literal["none", "sulfate"] = "sulfate"
+    feed_sulfate_mol_per_L: float = Field(0.0, ge=0, le=6, description="S_T of the feed")
+    scrub_sulfate_mol_per_L: float = Field(0.0, ge=0, le=6, description="S_T of the scrub acid")
+    strip_sulfate_mol_per_L: float = Field(0.0, ge=0, le=6, description="S_T of the strip acid")
+
+    @model_validator(mode="after")
+    def _sulfate_needs_speciation(self) -> "CascadeAcid":
+        if self.speciation == "none":
+            for name in ("feed", "scrub", "strip"):
+                if getattr(self, f"{name}_sulfate_mol_per_L") > 0.0:
+                    raise ValueError(f"acid.{name}_sulfate_mol_per_L: sulfate is carried only with "
+                                     "speciation: sulfate; allowed: 0 with speciation: none")
+        return self
 
 
 class StageCounts(StrictModel):
@@ -141,6 +167,22 @@ class CascadeConfig(StrictModel):
     distribution: dict[str, Distribution] = Field(description="D model per species")
     extractant: ExtractantSpec = Field(
         default_factory=ExtractantSpec, description="pure extractant (M, ρ) for empirical_dosage's dosage")
+    acid: CascadeAcid | None = Field(
+        None, description="acid speciation and activity per stage (absent: [H+] one pool, pH = −log10[H+])")
+    organic_loop: Literal["closed", "open"] = Field(
+        "closed", description="closed: the last stage's organic returns to stage 1; open: stage 1 is "
+        "fed organic_inlet_mg_per_L and the last stage's organic leaves the cascade")
+    organic_inlet_mg_per_L: dict[str, float] = Field(
+        default_factory=dict, description="open loop: metal in the organic entering stage 1 (default 0)")
+
+    @field_validator("organic_inlet_mg_per_L")
+    @classmethod
+    def _inlet_species(cls, v: dict) -> dict:
+        v = check_known_elements(v, "organic_inlet_mg_per_L")
+        bad = [k for k, c in v.items() if not 0.0 <= c <= 1e5]
+        if bad:
+            raise ValueError(f"organic_inlet_mg_per_L.{bad[0]}: {v[bad[0]]}; allowed: 0 to 1e5 mg/L")
+        return v
 
     @field_validator("distribution")
     @classmethod
@@ -203,6 +245,9 @@ class CascadeConfig(StrictModel):
 
     @model_validator(mode="after")
     def _sizing(self) -> "CascadeConfig":
+        if self.organic_loop == "closed" and any(v > 0.0 for v in self.organic_inlet_mg_per_L.values()):
+            raise ValueError("organic_inlet_mg_per_L: an organic inlet needs organic_loop: open; "
+                             "allowed: empty with organic_loop: closed")
         if self.stages.scrub > 0 and self.scrub_flow_L_per_h <= 0.0:
             raise ValueError(f"scrub_flow_L_per_h: a positive flow is needed with {self.stages.scrub} scrub "
                              "stages; allowed: 0 only with stages.scrub: 0")

@@ -1,4 +1,4 @@
-"""Dy/Tb solvent-extraction cascade: N stages of mixer + settler, closed organic loop.
+"""Dy/Tb solvent-extraction cascade: N stages of mixer + settler, closed (or open) organic loop.
 
 Layout (stages k = 1..N in flowsheet order: extraction 1..Ne | scrub | strip):
 
@@ -7,10 +7,12 @@ Layout (stages k = 1..N in flowsheet order: extraction 1..Ne | scrub | strip):
               strip acid → stage N → … → first strip stage → strip liquor
 
 With no scrub stages (``stages.scrub: 0``) the feed stage Ne has no aqueous from upstream and the
-scrub acid, if any flows, joins the feed there.
+scrub acid, if any flows, joins the feed there. Open loop (``organic_loop: open``): stage 1 is fed
+organic of the configured composition C_o,in and stage N's last settler cell leaves the cascade,
+``cum_organic_in_<sp>`` += Q_o C_o,in, ``cum_organic_out_<sp|volume>`` += Q_o C_os,N (and Q_o).
 
 Units SI (m3, mol/m3, s). Components c: the species of ``CascadeParams.species`` plus H+
-(aqueous only). Per stage a mixer and a settler, each holding an aqueous and an organic phase.
+(aqueous only; and SO4 with sulfate speciation). Per stage a mixer and a settler, each holding an aqueous and an organic phase.
 
 Mixer: fixed total volume V_m, the phase split following the entering flows at once,
 
@@ -62,6 +64,12 @@ the acidity and D change from stage to stage. Saponified extractant (fraction s 
 as Na/NH4 salt) neutralises Q_o·s·C_HA mol/s of aqueous acid in the mixer of stage 1 (its
 organic inlet), limited smoothly as [H+] → 0: rate · H/(H + 1 mol/m3).
 
+Acid chemistry (config ``acid``, ``twin.extraction_acid``): with ``speciation: sulfate`` the H
+component is the total acid H_T = [H+] + [HSO4-] (inputs ``feed_H`` etc. are totals) and SO4
+(total sulfate S_T, constant per inlet, not extracted) is one more aqueous component carried
+like the others; D and the pH use the free H+ activity a = γ1·h, h the root of the bisulfate
+quadratic in (H_T, S_T), γ1 from the activity model (1 without one). Without ``acid``, a = H.
+
 Outlets (integrated into ``cum_<outlet>_<sp|H|volume>``): ``raffinate`` = last settler aq cell
 of stage 1 (flow Q_feed + Q_scrub), ``strip`` = that of the first strip stage (flow Q_strip).
 
@@ -89,7 +97,7 @@ flows and the mixer split (entrainment from the inner settlers returns to the ne
 in the cascade). ``organic_inventory``: the solvent at the design split (a split change moves
 solvent between a stage's mixer and its settler layer; the loop's solvent changes by V_e only).
 Reported pH: mixer aqueous phase. Per-stage outputs: the settler outlet cells.
-Purities on an REO (oxide mass) basis: Dy2O3, Tb4O7, Nd2O3, Pr6O11.
+Purities on an REO (oxide mass) basis (``twin.extraction_signals``).
 Sources: /work/shared/design/PROCESS_MODELS.md; Kremser closed form for checks.
 """
 
@@ -97,36 +105,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from pilot_config.base import MOL_PER_L, RARE_EARTHS, SPECIES, reo_g_per_mol
+from pilot_config.base import MOL_PER_L
 
+from .extraction_acid import free_acid
+from .extraction_jacobian import analytic_jacobian, jac_pattern
+from .extraction_signals import REO_G_PER_MOL, reo_purity, signal_names  # noqa: F401
 from .extraction_support import (  # noqa: F401  (CascadeParams, params_from_config: the unit's API)
     H_FLOOR,
     SPLIT_MAX,
     SPLIT_MIN,
     CascadeParams,
     _smax,
-    analytic_jacobian,
     distribution,
-    jac_pattern,
     organic_split,
     params_from_config,
     steady_state,
 )
 from .unit import index_map
-
-PHASES = ("mixer.aq", "mixer.org", "settler.aq", "settler.org")
-#: g of rare-earth oxide per mol of metal: Ln2O3, CeO2, Pr6O11, Tb4O7 (``reo_g_per_mol``); the
-#: product four keep the cascade's calibrated figures (Dy2O3, Tb4O7, Nd2O3, Pr6O11).
-REO_G_PER_MOL = {s: reo_g_per_mol(s) for s in RARE_EARTHS} | {
-    "Dy": 186.4985, "Tb": 186.9228, "Nd": 168.2405, "Pr": 170.2408}
-
-
-def reo_purity(n: np.ndarray, species: str, names: tuple[str, ...] = SPECIES) -> float:
-    """Share of ``species`` among the rare earths of ``names`` on an oxide-mass basis (0 if none)."""
-    ree = [i for i, s in enumerate(names) if s in REO_G_PER_MOL]
-    w = np.array([REO_G_PER_MOL[names[i]] * n[i] for i in ree])
-    total = float(w.sum())
-    return float(w[ree.index(names.index(species))] / total) if total > 1e-30 else 0.0
 
 
 class Cascade:
@@ -138,33 +133,16 @@ class Cascade:
         self.ne, self.ns, self.nst = p.n_extraction, p.n_scrub, p.n_strip
         self.n = n = p.n_stages
         ns = len(sp)
-        self.nc = nc = ns + 1  # + H
+        self.ih = ns  # index of H among the aqueous components
+        sulfate = p.acid is not None and p.acid.sulfate
+        comps = (*sp, "H", "SO4") if sulfate else (*sp, "H")
+        self.nc = nc = len(comps)  # aqueous components: species, H[, SO4]
+        self.open_loop = p.organic_inlet is not None
         self.cells_per_settler = nn = p.settler_cells
         self.width = (nn + 1) * (nc + ns)  # states per stage: mixer | settler cells (aq | org)
-        comps = (*sp, "H")
-        stage_names = []
-        for k in range(1, n + 1):
-            stage_names += [f"stage{k}.mixer.aq.{c}" for c in comps]
-            stage_names += [f"stage{k}.mixer.org.{c}" for c in sp]
-            for j in range(1, nn + 1):
-                cell = "" if nn == 1 else f"{j}"
-                stage_names += [f"stage{k}.settler{cell}.aq.{c}" for c in comps]
-                stage_names += [f"stage{k}.settler{cell}.org.{c}" for c in sp]
-        cum = []
-        for outlet in ("raffinate", "strip"):
-            cum += [f"cum_{outlet}_{c}" for c in comps] + [f"cum_{outlet}_volume"]
-        cum.append("cum_raffinate_organic")  # V_e, m3 of organic entrained
+        stage_names, cum, self.input_names, self.output_names = signal_names(p, comps, n)
         self.n_stage_states = len(stage_names)
         self.state_names = (*stage_names, *cum)
-        self.input_names = ("feed_flow", *(f"feed_{s}" for s in sp), "feed_H",
-                            "organic_flow", "scrub_flow", "scrub_H", "strip_flow", "strip_H")
-        outs = ["raffinate.flow", *(f"raffinate.{s}" for s in sp), "raffinate.H",
-                "strip.flow", *(f"strip.{s}" for s in sp), "strip.H"]
-        for k in range(1, n + 1):
-            outs += [f"stage{k}.aq.{s}" for s in sp] + [f"stage{k}.org.{s}" for s in sp]
-            outs.append(f"stage{k}.pH")
-        outs += ["organic_inventory", "tb_purity", "dy_purity", "raffinate.organic"]
-        self.output_names = tuple(outs)
         self.state_index = index_map(self.state_names)
         self.input_index = index_map(self.input_names)
         self.output_index = index_map(self.output_names)
@@ -178,6 +156,9 @@ class Cascade:
         self._flow_cache = None
         self._prev = np.roll(np.arange(n), 1)  # organic from the previous stage (1 ← N)
         self.i_entrained = self.state_index["cum_raffinate_organic"]
+        if self.open_loop:
+            self.i_organic_in = self.state_index[f"cum_organic_in_{sp[0]}"]
+            self.i_organic_out = self.state_index[f"cum_organic_out_{sp[0]}"]
         self._i_feed = self.input_index[f"feed_{sp[0]}"]  # first of the feed concentrations
 
     # -- layout helpers --------------------------------------------------------------------
@@ -185,7 +166,7 @@ class Cascade:
         """Views of the states: mixer aq mol (stages × comps), mixer org mol (stages × species),
         settler aq mol/m3 (stages × cells × comps), settler org mol/m3 (stages × cells × species)."""
         s = x[: self.n_stage_states].reshape(self.n, self.width)
-        nc, nb = self.nc, 2 * self.nc - 1
+        nc, nb = self.nc, self.nc + len(self.species)
         cell = s[:, nb:].reshape(self.n, self.cells_per_settler, nb)
         return s[:, :nc], s[:, nc:nb], cell[:, :, :nc], cell[:, :, nc:]
 
@@ -235,8 +216,14 @@ class Cascade:
         h[: self.ne] = p.design_feed_H
         h[self.ne: self.ne + self.ns] = p.scrub_H
         h[self.ne + self.ns:] = p.strip_H
-        am[:, -1] = h * p.v_aq_mixer
-        sa[:, :, -1] = h[:, None]
+        am[:, self.ih] = h * p.v_aq_mixer
+        sa[:, :, self.ih] = h[:, None]
+        if self.nc > self.ih + 1:  # sulfate of each section's acid
+            h[: self.ne] = p.acid.feed_S
+            h[self.ne: self.ne + self.ns] = p.acid.scrub_S
+            h[self.ne + self.ns:] = p.acid.strip_S
+            am[:, self.ih + 1] = h * p.v_aq_mixer
+            sa[:, :, self.ih + 1] = h[:, None]
         return x
 
     def design_inputs(self, p: CascadeParams, feed_conc: np.ndarray | None = None,
@@ -285,27 +272,42 @@ class Cascade:
         _, _, va, vo, ka = hit
         s = x[: self.n_stage_states].reshape(self.n, self.width)
         nc = self.nc
-        return va[:, 0], vo[:, 0], s[:, :nc] / va, s[:, nc:2 * nc - 1] / vo, ka
+        return va[:, 0], vo[:, 0], s[:, :nc] / va, s[:, nc:nc + len(self.species)] / vo, ka
 
-    @staticmethod
-    def transfer(ca, co, va, vo, ka, p: CascadeParams) -> np.ndarray:
+    def acidity(self, ca: np.ndarray, p: CascadeParams) -> tuple[np.ndarray, np.ndarray]:
+        """(H+ activity as mol/m3, free [H+] mol/m3) per stage from aqueous concentrations
+        (stages × comps): [H+] itself without ``acid``; else ``twin.extraction_acid``."""
+        ih = self.ih
+        if p.acid is None:
+            return ca[:, ih], ca[:, ih]
+        s_t = ca[:, ih + 1] if self.nc > ih + 1 else None
+        act, _, _, _, h, _ = free_acid(ca[:, ih], s_t, ca[:, :ih], p.acid)
+        return act, h
+
+    def transfer(self, ca, co, va, vo, ka, p: CascadeParams) -> np.ndarray:
         """Mass-transfer rate N (mol/s, stages × species) from mixer concentrations."""
-        d = distribution(ca[:, -1], co, p)[0]
+        d = distribution(self.acidity(ca, p)[0], co, p)[0]
         va, vo = va[:, None], vo[:, None]
-        return ka[:, None] * va * vo * (d * ca[:, :-1] - co) / (va + d * vo)
+        return ka[:, None] * va * vo * (d * ca[:, :self.ih] - co) / (va + d * vo)
 
     def inflow_aq(self, sa_out: np.ndarray, u: np.ndarray, qa: np.ndarray, qf: float, qs: float,
-                  qst: float) -> np.ndarray:
+                  qst: float, p: CascadeParams | None = None) -> np.ndarray:
         """Aqueous inflow to each mixer, mol/s (stages × comps), from the settler outlets."""
         ii = self.input_index
         up = self._up
         q_up = np.append(qa, 0.0)[up]
         src = np.vstack([sa_out, np.zeros(self.nc)])[up]
         ain = q_up[:, None] * src
-        feed = np.append(u[self._i_feed: self._i_feed + self.nc - 1], u[ii["feed_H"]])
+        ih = self.ih
+        feed = np.append(u[self._i_feed: self._i_feed + ih], u[ii["feed_H"]])
+        if self.nc > ih + 1:  # sulfate: constant in each inlet (config ``acid``)
+            acid = (self._p0 if p is None else p).acid
+            feed = np.append(feed, acid.feed_S)
+            ain[self.ne + self.ns - 1, ih + 1] += qs * acid.scrub_S
+            ain[self.n - 1, ih + 1] += qst * acid.strip_S
         ain[self.ne - 1] += qf * feed
-        ain[self.ne + self.ns - 1, -1] += qs * u[ii["scrub_H"]]
-        ain[self.n - 1, -1] += qst * u[ii["strip_H"]]
+        ain[self.ne + self.ns - 1, ih] += qs * u[ii["scrub_H"]]
+        ain[self.n - 1, ih] += qst * u[ii["strip_H"]]
         return ain
 
     def derivatives(self, t: float, x: np.ndarray, u: np.ndarray, p: CascadeParams) -> np.ndarray:
@@ -315,13 +317,17 @@ class Cascade:
         rate = self.transfer(ca, co, va, vo, ka, p)
         dx = np.empty_like(x)
         dam, dom, dsa, dso = self.cells(dx)
-        dam[:] = self.inflow_aq(sa[:, -1], u, qa, qf, qs, qst) - qa[:, None] * ca
-        dam[:, :-1] -= rate
-        dam[:, -1] += rate @ p.charge
+        dam[:] = self.inflow_aq(sa[:, -1], u, qa, qf, qs, qst, p) - qa[:, None] * ca
+        ih = self.ih
+        dam[:, :ih] -= rate
+        dam[:, ih] += rate @ p.charge
         if p.saponification > 0.0:
-            h1 = ca[0, -1]
-            dam[0, -1] -= qo * p.saponification * p.extractant * p.extractant_factor * h1 / (h1 + 1.0)
-        dom[:] = qo * (so[self._prev, -1] - co) + rate
+            h1 = ca[0, ih]
+            dam[0, ih] -= qo * p.saponification * p.extractant * p.extractant_factor * h1 / (h1 + 1.0)
+        org_in = so[self._prev, -1]
+        if self.open_loop:
+            org_in[0] = p.organic_inlet
+        dom[:] = qo * (org_in - co) + rate
         nn = self.cells_per_settler
         dsa[:] = qa[:, None, None] * (np.concatenate([ca[:, None], sa[:, :-1]], axis=1) - sa)
         dsa /= (p.v_aq_settler / nn)[:, None, None]
@@ -329,23 +335,27 @@ class Cascade:
         dso[:] = qo * (np.concatenate([co[:, None], so[:, :-1]], axis=1) - so) / (v_os / nn)[:, None, None]
         m, nc = self.n_stage_states, self.nc
         dx[m: m + nc] = qa[0] * sa[0, -1]
-        dx[m: m + nc - 1] += q_e * c_e
+        dx[m: m + ih] += q_e * c_e
         dx[m + nc] = qa[0]
         dx[m + nc + 1: m + 2 * nc + 1] = qst * sa[self.ne + self.ns, -1]
         dx[m + 2 * nc + 1] = qst
         dx[self.i_entrained] = q_e
+        if self.open_loop:
+            dx[self.i_organic_in: self.i_organic_in + ih] = qo * p.organic_inlet
+            dx[self.i_organic_out: self.i_organic_out + ih] = qo * so[-1, -1]
+            dx[self.i_organic_out + ih] = qo
         return dx
 
     def outputs(self, t: float, x: np.ndarray, u: np.ndarray, p: CascadeParams) -> np.ndarray:
         ca, _, sa, so = self.split(x, u, p)
         _, qo, _, qst, qa = self.flows(u)
-        ns = self.nc - 1
+        ns = self.ih
         raff, strip = sa[0].copy(), sa[self.ne + self.ns]
         q_e, c_e, v_os = self.entrainment(x, qa[0], p, qo)
         if qa[0] > 0.0:
             raff[:ns] += q_e * c_e / qa[0]
         organic = q_e / (qa[0] + q_e) if q_e > 0.0 else 0.0
-        ph = -np.log10(_smax(ca[:, -1], H_FLOOR) / MOL_PER_L)
+        ph = -np.log10(_smax(self.acidity(ca, p)[0], H_FLOOR) / MOL_PER_L)
         per_stage = np.hstack([sa[:, :ns], so, ph[:, None]]).ravel()
         return np.concatenate([
             [qa[0]], raff, [qst], strip, per_stage,
@@ -367,7 +377,7 @@ class Cascade:
 
     def inventory(self, x: np.ndarray, p: CascadeParams) -> np.ndarray:
         aq, org = self.phase_inventory(x, p)
-        return aq[:-1] + org
+        return aq[: self.ih] + org
 
     def jac_sparsity(self):
         if self._pattern is None:

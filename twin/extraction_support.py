@@ -1,23 +1,9 @@
-"""Parameters, Jacobian (analytic, sparse) and steady state of the extraction cascade
+"""Parameters and steady state of the extraction cascade
 (``twin.extraction``, whose docstring has the equations).
 
 Parameters: ``CascadeParams`` (SI) from a ``CascadeConfig``; the mixers split at the design flows.
 
-Jacobian structure: per stage a dense (2S+1)×(2S+1) block (S species) couples the mixer's aqueous
-(species + H+) and organic moles n = V·C through the mass transfer N(C_am, C_om) (D depends on [H+] and on the
-organic loading); the columns are ∂/∂n = (1/V)·∂/∂C at the split of the current flows.
-Everything else is first-order flow coupling: settler cell 1 ← its mixer (Q/(V_cell·V_m)),
-cell j ← cell j − 1, mixer aq ← the upstream settler's last aq cell, mixer org ← the previous
-stage's last org cell (stage 1 ← stage N, the organic recycle), cumulative outlets ← the outlet
-cells. Derivatives of N (k·a per stage, reduced past the capacity; it depends on the flows only):
-
-    ∂N_i/∂C_am,i = k·a V_a V_o D_i / den_i,      ∂N_i/∂C_om,i|_D = −k·a V_a V_o / den_i,
-    ∂N_i/∂D_i    = k·a V_a V_o (C_am,i V_a + C_om,i V_o) / den_i²,   den_i = V_a + D_i V_o,
-    ∂D_i/∂H = D_i ∂lnD_i/∂H,                     ∂D_i/∂C_om,j = D_i ∂lnD_i/∂load · ν_j.
-
-Entrainment into the raffinate (Q_e): cum_raffinate_<sp> ← every settler organic cell
-(Q_e V_os,k°/(N_c ΣV_os°)), V_e ← itself (∂Q_e/∂V_e = −Q_e/(f ΣV_os°)), and every settler
-organic cell and cum_raffinate_<sp> ← V_e through the hold-ups V_os = f·V_os° (∂f/∂V_e = −1/ΣV_os°).
+The analytic Jacobian: ``twin.extraction_jacobian``.
 
 Steady state: stiff integration (BDF, analytic Jacobian) of the stage states to a long horizon
 (pseudo-transient continuation), then Newton polish on the stage balances.
@@ -28,12 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sps
 from scipy.integrate import solve_ivp
 from scipy.sparse.linalg import spsolve
 
-from pilot_config.base import L_PER_H, MOL_PER_L, SPECIES
+from pilot_config.base import L_PER_H, MOL_PER_L, SPECIES, mg_per_L_to_mol_per_m3
 
+from .extraction_acid import CascadeAcid, acid_from_config
 from .extraction_distribution import (  # noqa: F401  (H_FLOOR, distribution: the unit's API)
     H_FLOOR,
     _distribution_arrays,
@@ -41,6 +27,7 @@ from .extraction_distribution import (  # noqa: F401  (H_FLOOR, distribution: th
     _sx_models,
     distribution,
 )
+from .extraction_jacobian import analytic_jacobian
 
 
 class SteadyStateError(RuntimeError):
@@ -94,6 +81,8 @@ class CascadeParams:
     extractant_per_ion: np.ndarray | None = None  # ν_i, HA bound per ion loaded (None: 2 z_i)
     #: ``twin.sx.distribution`` model per species when any is beyond the power law (else None)
     models: tuple | None = None
+    acid: CascadeAcid | None = None  # acid speciation / activity (None: H the free [H+])
+    organic_inlet: np.ndarray | None = None  # open loop: organic into stage 1, mol/m3 (None: closed)
 
     @property
     def nu(self) -> np.ndarray:
@@ -143,141 +132,19 @@ def params_from_config(cfg, species: tuple[str, ...] = SPECIES) -> CascadeParams
         capacity=cfg.capacity_L_per_h * L_PER_H, flood_entrainment=cfg.flood_entrainment,
         efficiency_loss=cfg.efficiency_loss, settler_cells=cfg.settler_cells,
         species=species, extractant_per_ion=nu, models=_sx_models(cfg, species, order_ha, order_h),
+        acid=acid_from_config(cfg.acid, charge), organic_inlet=_organic_inlet(cfg, species),
     )
 
 
-def _structure(c) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(rows, cols, slices) of every Jacobian entry, in the order ``analytic_jacobian`` fills."""
-    cached = getattr(c, "_jac_structure", None)
-    if cached is not None:
-        return cached
-    n, w, nc, nn = c.n, c.width, c.nc, c.cells_per_settler
-    ns = nc - 1
-    nb = nc + ns
-    base = np.arange(n) * w
-    r_blk = (base[:, None, None] + np.arange(nb)[None, :, None] + 0 * np.arange(nb)[None, None, :])
-    c_blk = (base[:, None, None] + 0 * np.arange(nb)[None, :, None] + np.arange(nb)[None, None, :])
-    rows, cols, sl = [r_blk.ravel()], [c_blk.ravel()], {}
-    pos = r_blk.size
-    has_up = np.flatnonzero(c._up < n)
-    ci, si = np.arange(nc), np.arange(ns)
-    cell = nb + nb * np.arange(nn)  # offset of each settler cell (aq | org) in a stage
-    last = cell[-1]
-    aq = base[:, None, None] + cell[None, :, None] + ci[None, None, :]  # (stages, cells, comps)
-    org = base[:, None, None] + cell[None, :, None] + nc + si[None, None, :]
-
-    def add(key, r, cc):
-        nonlocal pos
-        r, cc = np.broadcast_arrays(r, cc)
-        rows.append(r.ravel()), cols.append(cc.ravel())
-        sl[key] = slice(pos, pos + r.size)
-        pos += r.size
-
-    add("aq_up", base[has_up, None] + ci, base[c._up[has_up], None] + last + ci)
-    prev = np.roll(np.arange(n), 1)
-    add("org_prev", base[:, None] + nc + si, base[prev, None] + last + nc + si)
-    add("sa_am", aq[:, 0], base[:, None] + ci)
-    add("sa_sa", aq, aq)
-    add("sa_chain", aq[:, 1:], aq[:, :-1])
-    add("so_om", org[:, 0], base[:, None] + nc + si)
-    add("so_so", org, org)
-    add("so_chain", org[:, 1:], org[:, :-1])
-    m = c.n_stage_states
-    strip0 = c.ne + c.ns
-    add("cum_raff", m + ci, base[0] + last + ci)
-    add("cum_strip", m + nc + 1 + ci, base[strip0] + last + ci)
-    add("cum_raff_org", m + si, org)
-    lost = c.i_entrained
-    add("entrained", np.array([lost]), np.array([lost]))
-    add("so_entrained", org, lost)
-    add("raff_entrained", m + si, lost)
-    out = (np.concatenate(rows), np.concatenate(cols), {**sl, "has_up": has_up})
-    c._jac_structure = out
-    return out
-
-
-def jac_pattern(c) -> sps.csc_matrix:
-    rows, cols, _ = _structure(c)
-    size = len(c.state_names)
-    pat = sps.coo_matrix((np.ones(rows.size), (rows, cols)), shape=(size, size)).tocsc()
-    pat.data[:] = 1.0
-    return pat
-
-
-def _mixer_blocks(c, p, qa, qo, va, vo, ca, co, ka) -> np.ndarray:
-    """Dense ∂(dn_am/dt, dn_om/dt)/∂(n_am, n_om) per stage: (n, 17, 17); C = n/V."""
-    d, dlnd_dh, dlnd_dload = distribution(ca[:, -1], co, p)
-    va_, vo_ = va[:, None], vo[:, None]
-    den = va_ + d * vo_
-    kvv = ka[:, None] * va_ * vo_
-    g_a = kvv * d / den
-    g_o = -kvv / den
-    g_d = kvv * (ca[:, :-1] * va_ + co * vo_) / (den * den) * d  # ∂N/∂lnD
-    n, ns = c.n, c.nc - 1
-    eye = np.eye(ns)
-    ja = np.zeros((n, ns, ns + 1))  # ∂N/∂C_am
-    ja[:, :, :ns] = g_a[:, :, None] * eye
-    ja[:, :, ns] = g_d * dlnd_dh
-    jo = g_o[:, :, None] * eye + (g_d * dlnd_dload)[:, :, None] * p.nu[None, None, :]
-    z = p.charge
-    b = np.empty((n, 2 * ns + 1, 2 * ns + 1))  # rows mol/s: mixer aq (species + H) | mixer org
-    b[:, :ns, : ns + 1] = -ja
-    b[:, ns, : ns + 1] = np.einsum("i,kij->kj", z, ja)
-    b[:, :ns, ns + 1:] = -jo
-    b[:, ns, ns + 1:] = np.einsum("i,kij->kj", z, jo)
-    idx = np.arange(ns + 1)
-    b[:, idx, idx] -= qa[:, None]
-    if p.saponification > 0.0:
-        h1 = ca[0, -1]
-        b[0, ns, ns] -= qo * p.saponification * p.extractant * p.extractant_factor / (h1 + 1.0) ** 2
-    b[:, ns + 1:, : ns + 1] = ja
-    b[:, ns + 1:, ns + 1:] = jo
-    b[:, ns + 1 + np.arange(ns), ns + 1 + np.arange(ns)] -= qo
-    b[:, :, : ns + 1] /= va[:, None, None]  # columns: ∂/∂n = (1/V) ∂/∂C
-    b[:, :, ns + 1:] /= vo[:, None, None]
-    return b
-
-
-def _settler_entries(c, x, p, qa, qo, va, vo, co, sl, data) -> None:
-    """Settler cells (hold-ups V_as/N_c and f·V_os°/N_c) and the entrainment terms, in place."""
-    nn, nc, ns = c.cells_per_settler, c.nc, c.nc - 1
-    vca = p.v_aq_settler / nn
-    data[sl["sa_am"]] = np.repeat(qa / (vca * va), nc)
-    fa = (qa / vca)[:, None, None]
-    data[sl["sa_sa"]] = np.broadcast_to(-fa, (c.n, nn, nc)).ravel()
-    data[sl["sa_chain"]] = np.broadcast_to(fa, (c.n, nn - 1, nc)).ravel()
-    q_e, c_e, v_os = c.entrainment(x, qa[0], p, qo)
-    _, _, _, so = c.cells(x)
-    vco = v_os / nn
-    data[sl["so_om"]] = np.repeat(qo / (vco * vo), ns)
-    fo = (qo / vco)[:, None, None]
-    data[sl["so_so"]] = np.broadcast_to(-fo, (c.n, nn, ns)).ravel()
-    data[sl["so_chain"]] = np.broadcast_to(fo, (c.n, nn - 1, ns)).ravel()
-    scale = 1.0 / (float(p.v_org_settler.sum()) * c.organic_fill(x, p))  # ∂ln f/∂V_e = −scale
-    inlet = np.concatenate([co[:, None], so[:, :-1]], axis=1)
-    data[sl["so_entrained"]] = (fo * (inlet - so)).ravel() * scale
-    weight = q_e * p.v_org_settler / (nn * float(p.v_org_settler.sum()))
-    data[sl["cum_raff_org"]] = np.broadcast_to(weight[:, None, None], (c.n, nn, ns)).ravel()
-    data[sl["entrained"]] = -q_e * scale
-    data[sl["raff_entrained"]] = -q_e * c_e * scale
-
-
-def analytic_jacobian(c, x, u, p) -> sps.csc_matrix:
-    rows, cols, sl = _structure(c)
-    _, qo, _, qst, qa = c.flows(u)
-    va, vo, ca, co, ka = c.mixers(x, qa, qo, p)
-    nc = c.nc
-    data = np.empty(rows.size)
-    blk = _mixer_blocks(c, p, qa, qo, va, vo, ca, co, ka)
-    data[: blk.size] = blk.ravel()
-    hu = sl["has_up"]
-    data[sl["aq_up"]] = np.repeat(qa[c._up[hu]], nc)
-    data[sl["org_prev"]] = qo
-    _settler_entries(c, x, p, qa, qo, va, vo, co, sl, data)
-    data[sl["cum_raff"]] = qa[0]
-    data[sl["cum_strip"]] = qst
-    size = len(c.state_names)
-    return sps.csc_matrix((data, (rows, cols)), shape=(size, size))
+def _organic_inlet(cfg, species: tuple[str, ...]) -> np.ndarray | None:
+    """Open loop: the inlet organic, mol/m3 per species (0 where not given); closed: None."""
+    if cfg.organic_loop == "closed":
+        return None
+    unknown = sorted(set(cfg.organic_inlet_mg_per_L) - set(species))
+    if unknown:
+        raise ValueError(f"extraction.organic_inlet_mg_per_L: {', '.join(unknown)} not a species of the "
+                         f"line; allowed: {', '.join(species)}")
+    return np.array([mg_per_L_to_mol_per_m3(sp, cfg.organic_inlet_mg_per_L.get(sp, 0.0)) for sp in species])
 
 
 def steady_state(c, u, p, x0=None, *, horizon_s: float = 1e8, tol: float = 1e-9) -> np.ndarray:
