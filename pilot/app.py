@@ -83,7 +83,8 @@ def simulate(
     try:
         sink.write_batch(process_points(fresh(plant.snapshot()), units))
         while plant.t < until_s - 1e-9:
-            plant.advance(min(next_record, ctrl.next_t if ctrl else math.inf, until_s) - plant.t)
+            target = min(next_record, ctrl.next_t if ctrl else math.inf, until_s)
+            plant.advance(target - plant.t, sync=target >= until_s - 1e-9)  # records: the latest scan
             if ctrl is not None and plant.t >= ctrl.next_t - 1e-9:
                 sink.write_batch(ctrl.tick(plant))
             if plant.t < next_record - 1e-9 and plant.t < until_s - 1e-9:
@@ -91,6 +92,7 @@ def simulate(
             next_record += record_dt
             sink.write_batch(process_points(fresh(plant.snapshot()), units))
             if plant.t >= next_profile - 1e-9 or plant.t >= until_s - 1e-9:
+                plant.sync()
                 profiles.append((plant.t, plant.stage_profile()))
                 next_profile += PROFILE_EVERY_S
             if speed:

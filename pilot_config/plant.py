@@ -98,15 +98,32 @@ class SimulationConfig(StrictModel):
     ignore the writes made during it. The cost is the per-step overhead of the unit solvers
     (measured in one run: the twin alone 171x real time at 1 s against 4,285x at 60 s; served with
     ``pilot train serve`` 106x against 3,499x), so a served session keeps up with ``--speed`` up to
-    ~100 (docs/training.md)."""
+    ~100 (docs/training.md). ``max_sync_step_s`` (the adaptive step, off by default and in served
+    sessions): the stream-joined units (carousel, eluate tank, cascade) step up to that long while
+    nothing falls due and no transient is under way; the cells, distillation, the sequences and
+    their scans keep ``sync_step_s`` (``twin/plant.py``; docs/architecture.md)."""
 
     sync_step_s: float = Field(60.0, ge=1, le=600, description="co-simulation step (inputs held)")
+    max_sync_step_s: float | None = Field(
+        None, ge=1, le=3600,
+        description="adaptive step: longest physics step (a whole multiple of sync_step_s) while nothing "
+                    "is due; None: every sync_step_s (twin/plant.py)")
     serve_step_s: float = Field(1.0, ge=1, le=600, description="step of a served session (train serve)")
     record_period_s: float = Field(60.0, ge=1, le=3600, description="historian sampling period")
     seed: int = Field(0, ge=0, description="seed of the sensor-noise generator")
     start: Literal["design", "cold"] = Field(
         "design", description="design: cascade at its design steady state; cold: barren cascade"
     )
+
+    @model_validator(mode="after")
+    def _adaptive_on_grid(self) -> "SimulationConfig":
+        top = self.max_sync_step_s
+        if top is not None:
+            k = top / self.sync_step_s
+            if top < self.sync_step_s or abs(k - round(k)) > 1e-9:
+                raise ValueError(f"max_sync_step_s ({top:g}) must be a whole multiple of sync_step_s "
+                                 f"({self.sync_step_s:g}), at least 1x")
+        return self
 
 
 class PilotLineConfig(StrictModel):
@@ -214,6 +231,6 @@ class PilotLineConfig(StrictModel):
         tick set to ``step_s`` (default ``simulation.serve_step_s``); everything else unchanged."""
         step = self.simulation.serve_step_s if step_s is None else step_s
         return self.model_copy(update={
-            "simulation": self.simulation.model_copy(update={"sync_step_s": step}),
+            "simulation": self.simulation.model_copy(update={"sync_step_s": step, "max_sync_step_s": None}),
             "training": self.training.model_copy(update={"tick_s": step}),
         })

@@ -122,6 +122,7 @@ class Flowsheet:
                 raise ValueError(f"connection {c}: blocks must be listed in flow order")
             self._into.setdefault(c.dst, []).append(c)
         self.t = 0.0
+        self.t_of = dict.fromkeys(self.order, 0.0)  # each block's own time (``step(names=...)``)
 
     # -- signals -------------------------------------------------------------------------
     def signal_names(self) -> list[str]:
@@ -148,10 +149,36 @@ class Flowsheet:
         return float(block.y[i] if kind == "y" else block.u[i])
 
     # -- time ----------------------------------------------------------------------------
-    def step(self, dt: float) -> None:
-        t0, t1 = self.t, self.t + dt
+    def joined(self) -> tuple[str, ...]:
+        """The blocks joined by streams, in flow order (they must step together)."""
+        ends = {c.src for c in self.connections} | {c.dst for c in self.connections}
+        return tuple(n for n in self.order if n in ends)
+
+    def step(self, dt: float, names: tuple[str, ...] | None = None) -> None:
+        """Advance every block (or only ``names``, each from its own time) by ``dt``. Blocks
+        joined by a stream must step together: their exchange is exact only over a common step."""
+        if names is None:
+            self._step(self.order, self.t, dt)
+            self.t += dt
+            self.t_of = dict.fromkeys(self.order, self.t)
+            return
+        inside = set(names)
+        for c in self.connections:
+            if (c.src in inside) != (c.dst in inside):
+                raise ValueError(f"connection {c.src}.{c.outlet} -> {c.dst}: both blocks must step together")
+        t0 = {self.t_of[n] for n in names}
+        if len(t0) > 1:
+            raise ValueError(f"blocks {', '.join(names)} are not at one time: {sorted(t0)}")
+        start = t0.pop() if t0 else self.t
+        self._step([n for n in self.order if n in inside], start, dt)
+        for n in names:
+            self.t_of[n] = start + dt
+        self.t = max(self.t_of.values())
+
+    def _step(self, order, t0: float, dt: float) -> None:
+        t1 = t0 + dt
         before: dict[tuple[str, str], np.ndarray] = {}
-        for name in self.order:
+        for name in order:
             block = self.blocks[name]
             for c in self._into.get(name, ()):
                 delta = self.blocks[c.src].cumulative(c.outlet, self.species) - before[(c.src, c.outlet)]
@@ -167,7 +194,6 @@ class Flowsheet:
             if block.x.size:
                 block.advance(t0, t1, self.solver)
             block.refresh(t1)
-        self.t = t1
 
     def inventory(self) -> np.ndarray:
         """mol of each species held in all blocks."""

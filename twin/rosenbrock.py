@@ -25,7 +25,8 @@ whatever x the kept W was evaluated at; with difference quotients, to their accu
 
 Step sizes: a synchronisation span is cut into equal substeps (one α, so one factorisation,
 per span), h is kept unless the error asks for a smaller step or a ``KEEP_H`` times larger one,
-and carried to the next span; W is rebuilt when an input moved by more than ``INPUT_JUMP``
+and carried to the next span (the last ``LU_KEEP`` factorisations of a W are kept by α, so a
+step size the controller returns to is not factored again); W is rebuilt when an input moved by more than ``INPUT_JUMP``
 (relative) or the parameters changed (a fault), or after a rejected step with an old W.
 
 Where W comes from (``system_for``): the unit's own structured solve ``linear_system(x, α)``
@@ -54,6 +55,8 @@ SAFETY, FAC_MIN, FAC_MAX = 0.9, 0.2, 6.0
 KEEP_H = 1.3
 #: inputs count as unchanged (W kept) when every entry moved by less than this, relatively
 INPUT_JUMP = 5e-2
+#: factorisations of G kept per W, by α (a step size the controller comes back to costs no LU)
+LU_KEEP = 4
 
 
 class StepFailed(RuntimeError):
@@ -260,11 +263,12 @@ class Rosenbrock:
         """Drop W and its factorisation (the next step builds them afresh)."""
         self._w = self._solve = self._w_u = self._w_p = None
         self._alpha = None
+        self._lus: dict[float, object] = {}
         self._w_fresh = False
 
     def __getstate__(self):  # factorisations are not copied (nor picklable): rebuilt on use
         state = dict(self.__dict__)
-        state.update(_w=None, _solve=None, _w_u=None, _w_p=None, _alpha=None, _w_fresh=False)
+        state.update(_w=None, _solve=None, _w_u=None, _w_p=None, _alpha=None, _w_fresh=False, _lus={})
         return state
 
     def advance(self, t0: float, t1: float, x0: np.ndarray, u: np.ndarray, p) -> np.ndarray:
@@ -338,14 +342,21 @@ class Rosenbrock:
             if self._w is None or not (self.tableau.w_method or self._w_fresh):
                 self._w = system_for(self.unit, t, y, u, p, f0, self.permc_spec)
                 self._w_u, self._w_p, self._w_fresh, self._solve = np.array(u, copy=True), p, True, None
+                self._lus = {}
                 self.stats.jacobians += 1
             if self._solve is None or alpha != self._alpha:
-                self._solve, self._alpha = self._w.factor(alpha), alpha
-                self.stats.factorisations += 1
+                solve = self._lus.get(alpha)
+                if solve is None:
+                    solve = self._w.factor(alpha)
+                    self.stats.factorisations += 1
+                    if len(self._lus) >= LU_KEEP:
+                        self._lus.pop(next(iter(self._lus)))
+                    self._lus[alpha] = solve
+                self._solve, self._alpha = solve, alpha
             y_new, e = rosenbrock_step(self.tableau, fun, t, y, f0, h, self._solve)
             err = error_norm(e, y, y_new, self.rtol, self.atol)
         except (RuntimeError, FloatingPointError, ValueError, np.linalg.LinAlgError) as exc:
             log.debug("%s: step of %.3g s failed: %s", getattr(self.unit, "name", "unit"), h, exc)
-            self._solve = None
+            self._solve, self._lus = None, {}
             return None, np.inf
         return y_new, (err if np.isfinite(err) else np.inf)

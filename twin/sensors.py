@@ -104,13 +104,19 @@ class TagLayer:
             value += self.rng.normal(0.0, b.tag.noise_sd)
         return min(max(float(value), b.tag.low), b.tag.high), quality
 
-    def scan(self, t: float) -> None:
-        """Refresh every non-analyser tag at plant time ``t`` (after a physics step)."""
+    def scan(self, t: float, names=None) -> None:
+        """Refresh every non-analyser tag (or only those in ``names``) at plant time ``t`` (after
+        a physics step of their blocks). A tag left out still takes its noise draw, so the noise
+        a tag shows does not depend on which others were scanned with it."""
         stamp = self.epoch_s + t
         for name, b in self.bound.items():
-            if b.tag.kind != "analyser":
+            if b.tag.kind == "analyser":
+                continue
+            if names is None or name in names:
                 value, quality = self.measure(name)
                 self._scan[name] = Sample(value, stamp, quality)
+            elif b.tag.noise_sd > 0:
+                self.rng.normal(0.0, b.tag.noise_sd)
 
     def report_analyser(self, name: str, reading: tuple[float, Quality], sample_t: float) -> None:
         self._analysers[name] = Sample(reading[0], self.epoch_s + sample_t, reading[1])

@@ -30,6 +30,7 @@ class SequenceHost(Protocol):
     config: Any  # pilot_config.PilotLineConfig
     env: simpy.Environment
     dt: float
+    step_s: float  # the latest step of the cells and the PLC block (dt, or shorter after a sync)
     line: Line
     flowsheet: Flowsheet
     tags: TagLayer

@@ -125,7 +125,7 @@ def _local_control(plant: SequenceHost, name: str, integral: float) -> float:
     temp = tags.reading(ins.temperature)
     if temp is not None:
         err = plc.u[plc.input_index[f"{name}.temperature_sp"]] - temp.si
-        integral = float(np.clip(integral + pi.ki * err * plant.dt, 0.0, pi.max_w))
+        integral = float(np.clip(integral + pi.ki * err * plant.step_s, 0.0, pi.max_w))
         cell.set_input("heater_power", float(np.clip(pi.kp * err + integral, 0.0, pi.max_w)))
     current, salt = tags.reading(ins.current), tags.reading(ins.salt_tb)
     if current is not None and salt is not None:
