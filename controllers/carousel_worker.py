@@ -3,7 +3,7 @@
 Public API::
 
     Apply = Literal["inline", "next_tick", "worker"]
-    make_executor(worker: "thread" | "process") -> concurrent.futures.Executor   # one worker
+    make_executor(worker: "thread" | "process", nice=10) -> concurrent.futures.Executor   # one worker
     Inline()                                        # an executor that runs a job at once
     JobQueue(executor, apply).submit(job, fn, *args) / .finished(wait) / .busy(kind) / .cancel()
     DeferredMpc(mpc, executor, apply).step(estimate, snapshot, t, *, applied) -> MpcResult
@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import multiprocessing
+import os
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -38,6 +39,7 @@ from .mpc import MpcResult
 
 log = logging.getLogger(__name__)
 Apply = Literal["inline", "next_tick", "worker"]
+WORKER_NICE = 10  # added to a worker process's niceness (``make_executor``)
 
 
 def blas_limit(threads: int | None):
@@ -54,12 +56,22 @@ def blas_limit(threads: int | None):
     return threadpool_limits(limits=threads, user_api="blas")
 
 
-def make_executor(worker: Literal["thread", "process"]) -> Executor:
+def _start_worker(threads: int | None, nice: int) -> None:
+    """A worker process's start: its BLAS on ``threads`` threads, its priority lowered by ``nice``."""
+    blas_limit(threads)
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
+
+
+def make_executor(worker: Literal["thread", "process"], nice: int | None = None) -> Executor:
     """One worker: a thread, or a process (spawned, so the caller's threads are not forked) whose
-    BLAS runs on one thread."""
+    BLAS runs on one thread and whose CPU priority is lowered by ``nice`` (``os.nice``; 0: as the
+    caller's; None: ``WORKER_NICE``): on a busy machine the kernel runs the control tick's process
+    first and the slow work in the time left. A thread keeps the caller's priority: it shares the
+    interpreter lock, and a worker thread descheduled while holding it would stall the tick."""
     if worker == "process":
-        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=blas_limit,
-                                   initargs=(1,))
+        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                                   initargs=(1, WORKER_NICE if nice is None else nice))
     return ThreadPoolExecutor(1, thread_name_prefix="carousel-estimator")
 
 

@@ -25,7 +25,10 @@ there to now are re-run *linearised about the stored trajectory*:
 
 which is exact for a linear model and costs only n×n products per stored tick (no model
 evaluation), so a 30-minute delay at a 1 s tick re-runs in tens of milliseconds. The stored
-trajectory is then replaced by the re-run one, so later delayed samples chain correctly.
+trajectory is then replaced by the re-run one, so later delayed samples chain correctly. The
+channels of one analyser that arrive together with one sample time share one re-run: each is
+gated against that tick's posterior after the ones before it (as one re-run per sample would),
+then the ticks after it are re-run once.
 ``delay_mode="on_arrival"`` gives the naive filter (the sample treated as if taken now) for
 comparison.
 
@@ -169,7 +172,8 @@ def joseph_update(x, p, hrow, nu, r):
     s = float(hrow @ ph + r)
     k = ph / s
     x = x + k * nu
-    ikh = np.eye(x.size) - np.outer(k, hrow)
+    ikh = np.outer(-k, hrow)  # I − k hᵀ
+    ikh.flat[::x.size + 1] += 1.0
     p = ikh @ p @ ikh.T + r * np.outer(k, k)
     return x, p, s
 
@@ -216,8 +220,11 @@ class DelayedEkf:
                 continue
             self._apply_now(tick, ch, sample, hx[ch.output], hmat[ch.output], r, out)
         self._append(tick)
+        pending = None  # the tick whose delayed updates still await the re-run to now
         for ch, sample, r in delayed:
-            self._apply_delayed(ch, sample, r, out)
+            pending = self._apply_delayed(ch, sample, r, out, pending)
+        if pending is not None:
+            self._rerun(pending)
         self.x = m.after_update(self.history[-1].x_post, snapshot)
         self.history[-1].x_post = self.x.copy()
         self.p = self.history[-1].p_post
@@ -278,28 +285,46 @@ class DelayedEkf:
             self.history.popleft()
 
     # -- delayed analyser samples ----------------------------------------------------------
-    def _apply_delayed(self, ch: Channel, sample: Sample, r: float, out: _TickReport) -> None:
+    def _apply_delayed(self, ch: Channel, sample: Sample, r: float, out: _TickReport,
+                       pending: int | None) -> int | None:
+        """Gate ``sample`` against the state at its sample time and add it to that tick's updates.
+        Returns the tick the re-run to now must start from (None: nothing to re-run). Samples of
+        one tick (an analyser's channels, sampled together) share one re-run: ``pending`` is the
+        tick of the previous samples' updates, re-run here first only if this sample is of
+        another tick, so each sample still meets the state its predecessors left."""
         ticks = self.history
         j0 = next((j for j in range(len(ticks) - 1, -1, -1) if ticks[j].t <= sample.source_time + 1e-9),
                   None)
         if j0 is None:
             out.dropped[ch.tag] = "sample time older than the estimator's history"
-            return
+            return pending
+        if pending is not None and pending != j0:
+            self._rerun(pending)
+            pending = None
         tk = ticks[j0]
         hrow = tk.hmat[ch.output]
         hx = float(tk.hx[ch.output] + hrow @ (tk.x_prior - tk.x_lin))  # h at the (re-run) prior
         # innovation against the state *at the sample time*, after that tick's own updates
-        nu = sample.value - (hx + hrow @ (tk.x_post - tk.x_prior))
-        s = float(hrow @ tk.p_post @ hrow + r)
+        x_post, p_post = (tk.x_post, tk.p_post) if pending is None else self._posterior(tk)
+        nu = sample.value - (hx + hrow @ (x_post - tk.x_prior))
+        s = float(hrow @ p_post @ hrow + r)
         fade = self._gate(ch.tag, nu, s, out)
         if not fade:
-            return
+            return pending
         if fade != 1.0:
             tk.p_prior = tk.p_prior * fade
         tk.updates.append(_Update(ch.tag, sample.value, hx, hrow.copy(), r, True))
-        self._rerun(j0)
         out.used.append(ch.tag)
         out.innovations[ch.tag] = nu
+        return j0
+
+    @staticmethod
+    def _posterior(tk: _Tick) -> tuple[np.ndarray, np.ndarray]:
+        """The tick's posterior from its stored prior and updates (the first step of ``_rerun``)."""
+        x, p = tk.x_prior.copy(), tk.p_prior.copy()
+        for up in tk.updates:
+            x, p, _ = joseph_update(x, p, up.hrow, up.z - (up.hx + up.hrow @ (x - tk.x_prior)), up.r)
+        return x, p
 
     def _rerun(self, j0: int) -> None:
         """Re-run the filter from tick j0 to now, linearised about the stored trajectory."""

@@ -244,6 +244,13 @@ class Guard:
         for tag in tags:
             self._ref.pop(tag, None)
 
+    def accepted(self, values: Mapping[str, float], t: float) -> None:
+        """The plant took ``values`` at ``t`` in place of this guard's own writes (a replay of a
+        record): the rate limits move from them, as from a write of the guard's own at ``t``."""
+        for tag, v in values.items():
+            if tag in self.limits:
+                self._ref[tag] = _Ref(float(v), t)
+
     def deny(self, tag: str, reason: str) -> bool:
         """The PLC answered a write of ``tag`` with BadUserAccessDenied: hold it (not proposed again)
         until its loop's mode changes. True when newly denied."""

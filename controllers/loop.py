@@ -48,7 +48,8 @@ second OpenBLAS thread only spins on the other core, so the process's BLAS runs 
 Determinism (training replays): with ``mpc_deadline_s=None`` the MPC deadline is disabled (60 s,
 the configs' maximum) and, with ``timing_points=False``, no wall-clock quantity enters the points;
 then the same snapshots and times give the same ``TickResult`` except ``latency_s`` and the MPC
-results' solve-time fields (OSQP and the LSODA predictions are deterministic).
+results' solve-time fields (OSQP and the estimators' predictions are deterministic; each MPC's
+QP starts from its previous tick's solution, so a run repeats when its ticks do, from the first).
 """
 
 from __future__ import annotations
@@ -316,6 +317,13 @@ class ControlLoop:
             self.guard.refused(refused)
             for tag in refused:
                 self._applied.pop(tag, None)
+
+    def accepted(self, writes: Mapping[str, float], t: float) -> None:
+        """The plant took ``writes`` at the tick ``t`` in place of this loop's own (a replay: the
+        recorded loop's accepted writes): the estimators take them as the inputs applied over the
+        next interval and the guard's rate limits move from them."""
+        self._applied = {k: float(v) for k, v in writes.items()}
+        self.guard.accepted(writes, t)
 
     def close(self) -> None:
         """Cancel the slow jobs not started, join the worker (a running job finishes first) and

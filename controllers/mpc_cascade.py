@@ -26,7 +26,7 @@ from twin.signals import Sample
 
 from .estimation import EstimateResult
 from .estimation_cascade import INPUT_TAGS, MVS, THETA, CascadeModel
-from .mpc import LinearModel, MpcResult, MpcSpec, log_transition, result, solve
+from .mpc import LinearModel, MpcResult, MpcSpec, QpSolver, log_transition, result
 
 OUTPUTS = ("tb_purity_pct", "dy_recovery_pct")
 
@@ -48,6 +48,7 @@ class CascadeMpc:
     def __init__(self, model: CascadeModel, tags, config: CascadeMpcConfig | None = None):
         self.cfg = c = config or CascadeMpcConfig()
         self._state: str | None = None  # 'solved' | 'held': log transitions only
+        self._qp = QpSolver()  # kept across ticks: updated and warm-started
         self.model = model
         self.mv_names = tuple(INPUT_TAGS[n] for n in MVS)
         by_name = {t.name: t for t in tags}
@@ -92,8 +93,8 @@ class CascadeMpc:
         u_prev = np.array([u[self.model.map.ii[n]] / L_PER_H for n in MVS])
         try:
             lin = self.linearise(estimate, u)
-            sol = solve(lin, self.spec(control_period_s), u_prev, deadline_s=self.cfg.deadline_s,
-                        started=started)
+            sol = self._qp.solve(lin, self.spec(control_period_s), u_prev, deadline_s=self.cfg.deadline_s,
+                                 started=started)
         except (np.linalg.LinAlgError, ValueError, KeyError, RuntimeError) as exc:
             sol = {"status": f"linearisation failed: {exc}"}
         res = result(t, "extraction", self.mv_names, OUTPUTS, sol, u_prev, started, self.cfg.deadline_s)

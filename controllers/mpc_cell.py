@@ -29,7 +29,7 @@ from twin.signals import Sample
 
 from .estimation import EstimateResult, fd_jacobian
 from .estimation_cell import G_PER_H_PER_MOL_S, CellModel
-from .mpc import LinearModel, MpcResult, MpcSpec, log_transition, result, solve, zoh
+from .mpc import LinearModel, MpcResult, MpcSpec, QpSolver, log_transition, result, zoh
 
 _Y = {n: i for i, n in enumerate(elec.OUTPUT_NAMES)}
 OUTPUTS = ("salt_tb_wt_pct", "temperature_C", "anode_excess_A_per_cm2")
@@ -60,6 +60,7 @@ class CellMpc:
     def __init__(self, cell_cfg, tags, config: CellMpcConfig | None = None, tag_prefix: str | None = None):
         self.cfg = config or CellMpcConfig()
         self._state: str | None = None  # 'solved' | 'held': log transitions only
+        self._qp = QpSolver()  # kept across ticks: updated and warm-started
         self.cell_cfg = cell_cfg
         self.model = CellModel(cell_cfg.name, elec.params_from_config(cell_cfg), tag_prefix)
         tp = self.tp = self.model.tp
@@ -134,8 +135,8 @@ class CellMpc:
         try:
             z_hat = np.array([estimate.x[n] for n in self.model.state_names])
             lin = self.linearise(z_hat, np.clip(u_prev, self.u_min, self.u_max))
-            sol = solve(lin, self.spec(snapshot, control_period_s), u_prev, deadline_s=self.cfg.deadline_s,
-                        started=started)
+            sol = self._qp.solve(lin, self.spec(snapshot, control_period_s), u_prev,
+                                 deadline_s=self.cfg.deadline_s, started=started)
         except (np.linalg.LinAlgError, ValueError, KeyError) as exc:
             sol = {"status": f"linearisation failed: {exc}"}
         res = result(t, self.model.unit, self.mv_names, OUTPUTS, sol, u_prev, started, self.cfg.deadline_s)

@@ -214,3 +214,43 @@ def test_delayed_rerun_is_exact_for_a_linear_model():
         if k >= 25:
             assert ekfs["delayed"].x[0] == pytest.approx(ekfs["on_time"].x[0], abs=1e-12)
             assert ekfs["delayed"].p[0, 0] == pytest.approx(ekfs["on_time"].p[0, 0], abs=1e-12)
+
+
+class _LinearModelThreeAnalysers(_LinearModel):
+    """The same state with three analyser channels: A and B (2·x, 3·x) of one sample, C (2·x)."""
+
+    def __init__(self):
+        from controllers.estimation import Channel
+
+        self.channels = (Channel("S", 0, 0.5, False), Channel("A", 1, 0.1, True), Channel("B", 2, 0.2, True),
+                         Channel("C", 3, 0.1, True))
+
+    def measure(self, x, u):
+        return np.array([2.0, 2.0, 3.0, 2.0]) * x[0], np.array([[2.0], [2.0], [3.0], [2.0]])
+
+
+def test_analyser_channels_arriving_together_share_one_exact_rerun():
+    """A and B sampled together at 100 s and C at 120 s, all reported at 250 s: each gated against
+    the state its predecessors left (B after A at the same tick, C at its own), the estimate and its
+    variance equal, to 1e-12, those of the filter that received all three on time."""
+    from controllers.estimation import DelayedEkf
+
+    rng = np.random.default_rng(5)
+    cfg = EstimatorConfig(gate_chi2=1000.0)
+    on_time, delayed = (DelayedEkf(_LinearModelThreeAnalysers(), [1.0], [1.0], cfg) for _ in range(2))
+    sensor = rng.normal(2.0, 0.5, 40)
+    ab = {"A": Sample(1.7, 100.0), "B": Sample(2.4, 100.0)}
+    nis = {}
+    for k in range(40):
+        t = 10.0 * k
+        snap = {"S": Sample(float(sensor[k]), t)}
+        now = dict(snap, **(ab if k >= 10 else {}), **({"C": Sample(1.5, 120.0)} if k >= 12 else {}))
+        nis.update({tag: v for tag, v in on_time.step(now, {}, t).nis.items() if tag != "S"})
+        r = delayed.step(dict(snap, **ab, C=Sample(1.5, 120.0)) if k >= 25 else snap, {}, t)
+        if k == 25:
+            assert {"A", "B", "C"} <= set(r.used)
+            for tag in "ABC":  # each met the state at its sample time after its predecessors
+                assert r.nis[tag] == pytest.approx(nis[tag], rel=1e-9)
+        if k >= 25:
+            assert delayed.x[0] == pytest.approx(on_time.x[0], abs=1e-12)
+            assert delayed.p[0, 0] == pytest.approx(on_time.p[0, 0], abs=1e-12)

@@ -1,6 +1,7 @@
 """MPC: the QP core on a closed-form case, and closed loops on the virtual clock with the real
 TwinPlant (cell after a current-efficiency drop, cascade after an extractant Kex drop)."""
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 
 from controllers.estimation_cascade import cascade_estimator
 from controllers.estimation_cell import G_PER_H_PER_MOL_S, cell_estimator
-from controllers.mpc import LinearModel, MpcSpec, result, solve
+from controllers.mpc import LinearModel, MpcSpec, QpSolver, result, solve
 from controllers.mpc_cascade import CascadeMpc, CascadeMpcConfig
 from controllers.mpc_cell import CellMpc, CellMpcConfig
 from pilot_config import default_config_path, load_config
@@ -48,6 +49,31 @@ def test_soft_output_limit_is_met_when_it_can_be():
     spec = dataclasses.replace(spec, y_max=np.array([8.0]), du_first=np.array([100.0]))
     sol = solve(model, spec, np.array([0.0]), deadline_s=1.0)
     assert np.max(sol["Y"]) < 8.0 + 1e-3  # tracking wants 10; the limit wins
+
+
+def test_a_kept_solver_gives_the_fresh_solves_moves_and_restarts_at_the_last_solution():
+    """A controller's ``QpSolver`` over QPs that move every tick (linearisation, previous move,
+    active rate and output limits): the moves of a fresh solve each time; the same QP again is
+    solved from the last solution in fewer iterations than cold; another sparsity pattern (a
+    longer horizon) is set up anew; a copy starts cold."""
+    model, spec = _toy(u_max=20.0)
+    spec = dataclasses.replace(spec, horizon=24, y_max=np.array([8.0]), w_du=np.array([0.1]),
+                               du_max=np.array([1.0]))
+    kept, u_prev = QpSolver(), np.zeros(1)
+    for k in range(12):
+        m_k = dataclasses.replace(model, a=np.array([[0.5 + 0.01 * k]]), c=np.array([0.05 * k]))
+        warm, cold = kept.solve(m_k, spec, u_prev, deadline_s=1.0), solve(m_k, spec, u_prev, deadline_s=1.0)
+        assert warm["status"] == cold["status"] == "solved"
+        assert np.allclose(warm["U"], cold["U"], atol=1e-6) and warm["cost"] == pytest.approx(cold["cost"])
+        u_prev = warm["U"][0]
+    again, cold = kept.solve(m_k, spec, u_prev, deadline_s=1.0), solve(m_k, spec, u_prev, deadline_s=1.0)
+    assert again["iterations"] < cold["iterations"]
+    assert np.allclose(again["U"], cold["U"], atol=1e-6)
+    longer = dataclasses.replace(spec, horizon=30)
+    assert np.allclose(kept.solve(m_k, longer, u_prev, deadline_s=1.0)["U"],
+                       solve(m_k, longer, u_prev, deadline_s=1.0)["U"], atol=1e-6)
+    copied = copy.deepcopy(kept).solve(m_k, longer, u_prev, deadline_s=1.0)
+    assert copied["iterations"] == solve(m_k, longer, u_prev, deadline_s=1.0)["iterations"]
 
 
 #: closed-loop scenarios check the control, not the clock: a generous deadline keeps them
