@@ -110,7 +110,7 @@ def plant_config(config, sets: dict[str, Any], file: str):
 
 def lookback_s(config) -> float:
     """How far before the first tick to read so that every tag has a sample visible at it."""
-    from .replay import report_delays
+    from .replay_record import report_delays
 
     delays = report_delays(config)
     longest = max((t.period_s + delays.get(t.name, 0.0) for t in config.tags), default=0.0)
@@ -119,9 +119,9 @@ def lookback_s(config) -> float:
 
 def read_window(source: str, t0: float | None, t1: float | None, before_s: float, database: str | None,
                 session: str = ""):
-    """(points from t0 − before_s to t1, t0, t1, label) of SOURCE; t0 / t1 None: the span of the
-    recorded ticks (store only)."""
-    from . import replay as rp
+    """(points from t0 − before_s to t1, with every process tag's last value before that, t0, t1,
+    label) of SOURCE; t0 / t1 None: the span of the recorded ticks (store only)."""
+    from . import replay_record as rp
 
     if source.startswith(("http://", "https://")):
         from .historian.influx1 import Influx1Sink
@@ -137,7 +137,7 @@ def read_window(source: str, t0: float | None, t1: float | None, before_s: float
         db = database or s.database
         sink = Influx1Sink(url=source, database=db, user=s.user, password=s.password)
         try:
-            return rp.read_influx(sink, t0 - before_s, t1, session=session), t0, t1, f"{source} database {db}"
+            return rp.read_influx(sink, t0 - before_s, t1, session=session, held=True), t0, t1, f"{source} database {db}"
         finally:
             sink.close()
     path = Path(source)
@@ -148,7 +148,7 @@ def read_window(source: str, t0: float | None, t1: float | None, before_s: float
     if t0 is None or t1 is None:
         span = _ticks_span(path, session)
         t0, t1 = (span[0] if t0 is None else t0), (span[1] if t1 is None else t1)
-    return rp.read_sqlite(path, t0 - before_s, t1, session=session), t0, t1, str(path)
+    return rp.read_sqlite(path, t0 - before_s, t1, session=session, held=True), t0, t1, str(path)
 
 
 def _ticks_span(path: Path, session: str) -> tuple[float, float]:
@@ -198,7 +198,7 @@ def replay_cmd(
 ) -> None:
     """Replay a recorded window through the estimators and MPCs as they are now; compare with the recorded decisions.
 
-    At every recorded tick the snapshot the loop saw is rebuilt from the record and the loop steps on it in the recorded modes; nothing is written anywhere. With the same config the proposals repeat the recorded ones to the solver's tolerance; with --set the table shows what the changed loop would have proposed from the plant as it was.
+    At every recorded tick (of `pilot simulate --control` or of a live `pilot run`) the snapshot the loop saw is rebuilt from the record and the loop steps on it in the recorded modes, taking the setpoints the plant took then; nothing is written anywhere. With the same config the proposals repeat the recorded ones to the solver's tolerance; with --set the table shows what the changed loop would have proposed from the plant as it was.
 
     Writes DIR/summary.json (differences per setpoint, held mismatches, the alarms the replay would have raised beside the recorded ones, NIS per measured tag), DIR/proposals.csv (every tick: recorded, replayed, difference), DIR/history.sqlite (the replay's estimates, innovations, NIS, decisions and alarms; `pilot history DIR`) and DIR/replay.png. See docs/control_loop.md.
     """
@@ -222,11 +222,12 @@ def replay_cmd(
         fail(f"--mode {unknown[0]}: no such loop in {file}; loops: "
              f"{', '.join(lp.name for lp in config.control.guard.loops)}")
     try:
-        points, t0, t1, label = read_window(source, t0, t1, warm + lookback_s(config), database, session)
+        before = warm + lookback_s(config)
+        points, t0, t1, label = read_window(source, t0, t1, before, database, session)
         if not t1 > t0:
             raise ValueError(f"--to ({time_label(t1)}) must come after --from ({time_label(t0)})")
         summary = run_replay(config, points, t0, t1, out_dir, source=label, warmup_s=warm,
-                             modes=modes or None, make_plot=plots, **options)
+                             modes=modes or None, make_plot=plots, read_from=t0 - before, **options)
     except (ValueError, OSError, sqlite3.Error, SinkError) as exc:  # SinkError: InfluxDB unreachable, query refused
         fail(str(exc))
     print_differences(summary, config)
@@ -261,6 +262,11 @@ def print_differences(summary: dict, config) -> None:
     out.print(f"MPC holds that differ: {len(held)}" + "".join(
         f"\n  {time_label(h['t_s'])} {h['unit']}: {'held in the replay' if h['held_in_replay'] else 'held in the record'}"
         for h in held[:10]), highlight=False)
+    start = summary.get("start", {})
+    if start.get("held_from_before") or start.get("missing"):
+        out.print(f"first tick: {len(start.get('held_from_before', []))} tags at their last value before the window"
+                  + (f", no value for {', '.join(start['missing'])} (their loops hold)" if start.get("missing") else ""),
+                  highlight=False)
     a = summary["alarms_raised"]
     out.print(f"alarms raised: replay {len(a['replay'])} ({_ids(a['replay'])}), recorded {len(a['recorded'])} "
               f"({_ids(a['recorded'])})", highlight=False)

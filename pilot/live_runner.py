@@ -16,7 +16,14 @@ from twin.points import FreshSamples, process_points
 from twin.signals import Point, Quality, Sample, Snapshot, WriteResult
 
 from .closed_loop import LoopStats
-from .live_support import LineClock, iso, link_point, newest_by_plc, status_line
+from .live_support import (
+    LineClock,
+    iso,
+    late_text,
+    link_point,
+    newest_by_plc,
+    status_line,
+)
 
 log = logging.getLogger("pilot.live")
 WATCHDOG_KICK_S = 1.0  # wall seconds between writes of the PLC's client watchdog (it expires after 10 s)
@@ -25,9 +32,10 @@ DENIED = "BadUserAccessDenied"
 
 def refused_points(t: float, writes: dict[str, float], result: WriteResult, units: dict[str, str],
                    session: str = "") -> list[Point]:
-    """``<TAG>.REFUSED`` decision points: the value the PLC did not take (one per refused write)."""
+    """``<TAG>.REFUSED`` decision points: the value the PLC did not take (one per refused write),
+    the PLC's reason as text."""
     return [Point("decision", f"{tag}.REFUSED", units.get(tag, ""), float(writes.get(tag, math.nan)), t,
-                  "bad", session) for tag in result.refused]
+                  "bad", session, reason) for tag, reason in result.refused.items()]
 
 
 class LiveRunner:
@@ -233,14 +241,19 @@ class LiveRunner:
 
     def _record_fresh(self, snap: Snapshot, t: float) -> None:
         """Outage marks, the initial link states, and every new sample that is not BAD (BAD ones
-        come from the sessions' own marks, once each)."""
+        come from the sessions' own marks, once each); a sample the last tick did not see though
+        its source time was not after it is marked late (``live_support.late_text``)."""
         if self._initial and math.isfinite(t):
             init, self._initial = self._initial, []
             self._record([link_point(p, up, t, self.link_units.get(p, ""), self.loop.session) for p, up in init])
         self._flush_marks()
         if self.recorder is not None:
             good = {k: s for k, s in self.fresh(snap).items() if s.quality != Quality.BAD}
-            self._record(process_points(good, self.units, self.loop.session), commit=False)
+            points = process_points(good, self.units, self.loop.session)
+            if self.last is not None:
+                tick, late = self.last.t, late_text(self.last.t)
+                points = [dataclasses.replace(p, text=late) if p.time_s <= tick + 1e-6 else p for p in points]
+            self._record(points, commit=False)
 
     def _status(self, t: float, wall: float) -> None:
         if wall - self._last_status < self.status_every_s:

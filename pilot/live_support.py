@@ -13,6 +13,12 @@ until the plant clock passes the last tick again (or jumping a whole outage of r
 A clock that steps back while its link stays up is re-based the same way. Samples of a re-based PLC
 are handed to the loop and the historian with the offset applied, so nothing is stored twice at a
 time already used.
+
+**Late samples.** A sample reaches the loop some time after its source time: the PLC's values of
+one instant arrive over several polls, and a tick may come between them. A process point whose
+sample arrived after a tick at or past its source time carries the text ``after tick <t>`` (``t``:
+that tick's line time, ``repr``), so a replay shows it to the ticks after ``t`` only, as the loop
+saw it (``late_text`` / ``late_after``).
 """
 
 from __future__ import annotations
@@ -126,6 +132,24 @@ class LineClock:
         if not any(self.offsets.values()):
             return snapshot
         return {k: self.map_sample(s, plc_of.get(k)) for k, s in snapshot.items()}
+
+
+LATE = "after tick "
+
+
+def late_text(tick_t: float) -> str:
+    """The text of a process point whose sample arrived after the tick at ``tick_t``."""
+    return f"{LATE}{tick_t!r}"
+
+
+def late_after(text: str) -> float | None:
+    """The tick a late sample missed (``late_text``), or None for any other text."""
+    if not text.startswith(LATE):
+        return None
+    try:
+        return float(text[len(LATE):])
+    except ValueError:
+        return None
 
 
 def link_tag(plc: str) -> str:

@@ -1,39 +1,33 @@
 """Replay of a recorded window through the estimators and MPCs as they are now (``pilot replay``).
 
-The record (``twin.points`` schema) holds every process sample once, at its source time, and the
-loop's decisions of every tick (``<SP>.PROPOSED``, ``<SP>.APPLIED``, ``MPC.<unit>.HELD``,
-``LOOP.<loop>.MODE``). A replay rebuilds, at each recorded tick time t, the snapshot the loop
-saw: per tag the last sample visible at t. A sample is visible from its source time, an analyser's
-``delay_s`` later (the twin reports on its step grid: ``max(1, ⌈delay / sync_step⌉) · sync_step``;
-the record keeps the sample time, not the arrival). A tag whose first sample read lies at the
-start of what was read is visible at once (the PLC's value at start-up).
-
-The loop (``controllers.loop.ControlLoop``, built from the config given, no deadline, no timing
-points) steps on those snapshots in the recorded loop modes. Nothing is written: every write is
-handed back to the loop as refused, so the estimators take the inputs the plant really had from
-the record (the setpoint tags of the next snapshot) and the guard's rate limits restart from the
-recorded setpoints. Proposals, estimates (``.EST``, ``.INNOV``, ``.NIS``) and the alarms it would
-have raised are the replay's result; ``compare`` sets its proposals beside the recorded ones.
+The record and the snapshots the loop saw: ``pilot.replay_record``. The loop
+(``controllers.loop.ControlLoop``, built from the config given, no deadline, no timing points)
+steps at every recorded tick on the rebuilt snapshot, in the recorded loop modes. Nothing is
+written: after each tick the loop is told what the plant took then (``ControlLoop.accepted``: the
+recorded loop's accepted writes, ``Recorded.taken``), and the replay's own writes the plant did not
+take go back as refused; a write the PLC denied (BadUserAccessDenied, recorded as the
+``.REFUSED`` point's text) is denied in the replay too. So the estimators take the inputs the
+plant really had and the guard's rate limits move from the recorded setpoints, as the recorded
+loop's did. Before the first tick the same is done with the last recorded tick before the window.
+Proposals, estimates (``.EST``, ``.INNOV``, ``.NIS``) and the alarms it would have raised are
+the replay's result; ``compare`` sets its proposals beside the recorded ones.
 
 With the same config the replay repeats the recorded estimates (the EKFs and the LSODA
 predictions are deterministic for the same inputs) and proposals to OSQP's tolerance (its
-ρ-adaptation interval follows its measured setup time); with changed weights each tick
-answers "what would the MPC have proposed from the plant as it was", open loop: the record does
-not follow the replay's proposals.
+ρ-adaptation interval follows its measured setup time), a simulated record and a live one alike;
+with changed weights each tick answers "what would the MPC have proposed from the plant as it
+was", open loop: the record does not follow the replay's proposals.
 
-Sources: an embedded store (``DIR/history.sqlite`` or the file) or InfluxDB 1.x (InfluxQL over
-the v1 ``/query`` API, ``Influx1Sink.query``; InfluxDB 2.x serves the same API for a bucket mapped
-to a database). Only the points of one ``session`` are read ('' : live and standalone runs; a
-training session's name: its record).
+Live records: the carousel's slow decision lands at the first tick after it finished
+(``slow_work="worker"``), in a replay at the next tick (``"next_tick"``); at a live run's first
+tick it is therefore still pending (held) where the replay's is not.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import math
-import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,137 +35,18 @@ from pathlib import Path
 
 import numpy as np
 
-from controllers.guard import LINK_DOWN_STATUSES
-from controllers.loop import MODE_CODES, ControlLoop
-from twin.signals import Point, Quality, Sample
+from controllers.loop import ControlLoop
+from twin.signals import Point, Sample
+
+from .replay_record import (
+    Recorded,
+    RecordedSnapshots,
+    recorded_decisions,
+    report_delays,
+)
 
 log = logging.getLogger(__name__)
-MEASUREMENTS = ("process", "decision", "alarm", "estimate")
-_MODES = {v: k for k, v in MODE_CODES.items()}
-PROPOSED, HELD = ".PROPOSED", ".HELD"
-
-
-# -- sources -------------------------------------------------------------------------------
-def read_sqlite(path: Path, t0: float, t1: float, measurements: Sequence[str] = MEASUREMENTS,
-                session: str = "") -> list[Point]:
-    """Points of ``measurements`` and ``session`` with t0 ≤ time ≤ t1 from an embedded store, in
-    time (and insertion) order."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no historian file at {path}")
-    marks = ",".join("?" * len(measurements))
-    sql = (f"SELECT measurement, tag, unit, value, time_s, quality, session, text, status FROM points "
-           f"WHERE time_s >= ? AND time_s <= ? AND session = ? AND measurement IN ({marks}) "
-           "ORDER BY time_s, rowid")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        rows = db.execute(sql, (t0, t1, session, *measurements)).fetchall()
-    finally:
-        db.close()
-    return [Point(m, tag, u, math.nan if v is None else float(v), float(ts), q, s, x or "", int(st or 0))
-            for m, tag, u, v, ts, q, s, x, st in rows]
-
-
-def read_influx(sink, t0: float, t1: float, measurements: Sequence[str] = MEASUREMENTS,
-                session: str = "") -> list[Point]:
-    """The same from InfluxDB through ``sink.query`` (an ``Influx1Sink``), in time order."""
-    out: list[Point] = []
-    who = f"\"session\" = '{escape_influxql(session)}'"  # '' also matches points without the tag
-    for m in measurements:
-        q = (f'SELECT "value", "status", "text" FROM "{m}" WHERE time >= {int(round(t0 * 1e9))} '
-             f'AND time <= {int(round(t1 * 1e9))} AND {who} GROUP BY "tag", "unit", "quality", "session"')
-        for series in sink.query(q, epoch="ns")[0].get("series", []):
-            tags = series["tags"]
-            cols = series["columns"]
-            for row in series["values"]:
-                r = dict(zip(cols, row))
-                v = r.get("value")
-                out.append(Point(m, tags["tag"], tags.get("unit", ""), math.nan if v is None else float(v),
-                                 r["time"] / 1e9, tags.get("quality") or "good", tags.get("session") or "",
-                                 r.get("text") or "", int(r.get("status") or 0)))
-    out.sort(key=lambda p: p.time_s)
-    return out
-
-
-def escape_influxql(text: str) -> str:
-    """A string literal's content in InfluxQL (backslash and single quote escaped)."""
-    return text.replace("\\", "\\\\").replace("'", "\\'")
-
-
-# -- the recorded snapshots ----------------------------------------------------------------
-def report_delays(config) -> dict[str, float]:
-    """Tag -> how long after its source time a sample reaches the PLC (analysers, on the step grid)."""
-    dt = config.simulation.sync_step_s
-    return {t.name: max(1, math.ceil(t.delay_s / dt - 1e-9)) * dt
-            for t in config.tags if t.kind == "analyser" and t.delay_s > 0}
-
-
-class RecordedSnapshots:
-    """``at(t)``: per tag, the last recorded sample visible at t (see the module docstring).
-
-    Outages of a live record: a PLC link's loss and return are each a Bad point of every tag of
-    that PLC (status BadCommunicationError / BadNotConnected); after the return the PLC holds the
-    tag's last good value at its old source time, which the record does not repeat. The return
-    mark (the second of the pair) therefore stands for that last good sample."""
-
-    def __init__(self, process: Iterable[Point], delays: Mapping[str, float]):
-        points = list(process)
-        start = min((p.time_s for p in points), default=0.0)
-        by_tag: dict[str, list[tuple[float, int, Sample]]] = defaultdict(list)
-        good: dict[str, Sample] = {}
-        for i, p in enumerate(points):
-            rows = by_tag[p.tag]
-            sample = Sample(p.value, p.time_s, Quality[p.quality.upper()], p.status)
-            if p.status in LINK_DOWN_STATUSES and rows and rows[-1][2].status in LINK_DOWN_STATUSES:
-                sample = good.get(p.tag, sample)  # the outage's end: the PLC's value again
-            elif sample.quality != Quality.BAD:
-                good[p.tag] = sample
-            first = not rows and p.time_s <= start
-            rows.append((p.time_s if first else p.time_s + delays.get(p.tag, 0.0), i, sample))
-        self._times, self._samples = {}, {}
-        for tag, rows in by_tag.items():
-            rows.sort(key=lambda r: (r[0], r[1]))
-            self._times[tag] = [r[0] for r in rows]
-            self._samples[tag] = [r[2] for r in rows]
-
-    def at(self, t: float) -> dict[str, Sample]:
-        out = {}
-        for tag, times in self._times.items():
-            k = bisect.bisect_right(times, t + 1e-6) - 1
-            if k >= 0:
-                out[tag] = self._samples[tag][k]
-        return out
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """The loop's recorded decisions: tick times, proposals and held units, modes, alarms raised."""
-
-    ticks: tuple[float, ...]
-    proposals: Mapping[float, Mapping[str, float]]  # t -> setpoint tag -> proposed
-    held: Mapping[float, frozenset[str]]  # t -> plant units whose MPC held
-    modes: Mapping[float, Mapping[str, str]]  # t -> loop -> mode
-    raised: tuple[tuple[float, str], ...]  # (t, alarm id)
-
-
-def recorded_decisions(points: Iterable[Point]) -> Recorded:
-    proposals: dict[float, dict[str, float]] = defaultdict(dict)
-    held: dict[float, set[str]] = defaultdict(set)
-    modes: dict[float, dict[str, str]] = defaultdict(dict)
-    ticks, raised = set(), []
-    for p in points:
-        if p.measurement == "decision" and p.tag.startswith("MPC.") and p.tag.endswith(HELD):
-            ticks.add(p.time_s)
-            if p.value >= 0.5:
-                held[p.time_s].add(p.tag[4:-len(HELD)])
-        elif p.measurement == "decision" and p.tag.endswith(PROPOSED):
-            proposals[p.time_s][p.tag[:-len(PROPOSED)]] = p.value
-        elif p.measurement == "decision" and p.tag.startswith("LOOP.") and p.tag.endswith(".MODE"):
-            ticks.add(p.time_s)
-            modes[p.time_s][p.tag[5:-5]] = _MODES.get(float(p.value), "advisory")
-        elif p.measurement == "alarm" and p.value >= 0.5 and not p.tag.endswith((".STATE", ".PRIORITY")):
-            raised.append((p.time_s, p.tag))
-    return Recorded(tuple(sorted(ticks)), dict(proposals), {t: frozenset(v) for t, v in held.items()},
-                    dict(modes), tuple(raised))
+DENIED = "BadUserAccessDenied"
 
 
 # -- the replay ----------------------------------------------------------------------------
@@ -200,19 +75,23 @@ def replay(config, snapshots: RecordedSnapshots, ticks: Sequence[float], recorde
     mode for the whole replay (the other loops: the recorded modes, else the config's)."""
     modes = dict(modes or {})
     period = float(np.median(np.diff(ticks))) if len(ticks) > 1 else None
-    first = _modes_at(recorded, ticks[0]) if ticks else {}
+    first = recorded.modes_at(ticks[0]) if ticks else {}
     loop = ControlLoop(config, target="twin", session="standalone", modes={**first, **modes},
                        mpc_deadline_s=None, timing_points=False, control_period_s=period, **loop_options)
     units = {u.name: u.plant_unit for u in loop.units}
+    configured = loop.modes
     res = ReplayResult()
     try:
+        before = [t for t in recorded.ticks if ticks and t < ticks[0] - 1e-9]
+        if before:  # the plant as the window found it: the writes and denials of the tick before
+            _plant_took(loop, recorded, max(before), configured, {}, denials=before)
         for t in ticks:
             for lp, mode in recorded.modes.get(t, {}).items():
                 if lp not in modes and loop.modes.get(lp) != mode:
                     loop.set_mode(lp, mode)
             snap = snapshots.at(t)
             tick = loop.step(snap, t, links=links_of(snap))
-            loop.refused({tag: "replay: nothing is written" for tag in tick.writes})
+            _plant_took(loop, recorded, t, configured, tick.writes, denials=[t])
             if t >= compare_from - 1e-9:
                 _keep(res, tick, units)
     finally:
@@ -220,6 +99,19 @@ def replay(config, snapshots: RecordedSnapshots, ticks: Sequence[float], recorde
         if close is not None:
             close()
     return res
+
+
+def _plant_took(loop: ControlLoop, recorded: Recorded, t: float, configured: Mapping[str, str],
+                writes: Mapping[str, float], denials: Sequence[float]) -> None:
+    """Tell the loop what the recorded plant took at the tick t (``writes``: the replay's own;
+    those the plant did not take are refused) and the denials recorded at the ticks ``denials``."""
+    took = recorded.taken(t, loop.guard.loop_of, configured)
+    loop.refused({tag: "replay: the recorded plant did not take it" for tag in writes if tag not in took})
+    loop.accepted(took, t)
+    for s in denials:
+        for tag, reason in (recorded.refused or {}).get(s, {}).items():
+            if DENIED in reason:
+                loop.denied(tag, reason)
 
 
 def links_of(snapshot: Mapping[str, Sample]) -> dict[str, bool] | None:
@@ -238,11 +130,6 @@ def _keep(res: ReplayResult, tick, units: Mapping[str, str]) -> None:
         for tag, v in est.nis.items():
             res.nis[tag].append(float(v))
     res.points += tick.points
-
-
-def _modes_at(recorded: Recorded, t: float) -> dict[str, str]:
-    before = [s for s in recorded.modes if s <= t + 1e-9]
-    return dict(recorded.modes[max(before)]) if before else {}
 
 
 # -- comparison ----------------------------------------------------------------------------
@@ -302,20 +189,24 @@ def held_mismatches(recorded: Recorded, result: ReplayResult) -> list[tuple[floa
 # -- the run directory ---------------------------------------------------------------------
 def run_replay(config, points: Sequence[Point], t_from: float, t_to: float, out_dir: Path, *,
                source: str, warmup_s: float = 0.0, modes: Mapping[str, str] | None = None,
-               make_plot: bool = True, **loop_options) -> dict:
+               make_plot: bool = True, read_from: float | None = None, **loop_options) -> dict:
     """Replay [t_from, t_to] (estimators warmed up from ``t_from − warmup_s``; ``points`` must
-    cover it) and write ``out_dir`` like ``pilot simulate``'s: summary.json, proposals.csv
-    (t, tag, recorded, replayed, difference), history.sqlite (the replay's estimate, decision
-    and alarm points) and replay.png. Returns the summary."""
+    cover it, from ``read_from`` on, with the values held before it) and write ``out_dir`` like
+    ``pilot simulate``'s: summary.json, proposals.csv (t, tag, recorded, replayed, difference),
+    history.sqlite (the replay's estimate, decision and alarm points) and replay.png. Returns the
+    summary."""
     from .historian.sqlite import SqliteSink, history_path
     from .secrets import private_dir, write_private_text
 
+    period = config.control.guard.control_period_s
     recorded = recorded_decisions(points)
-    snapshots = RecordedSnapshots((p for p in points if p.measurement == "process"), report_delays(config))
-    ticks = tick_times(recorded, t_from - warmup_s, t_to, config.control.guard.control_period_s)
+    snapshots = RecordedSnapshots((p for p in points if p.measurement == "process"), report_delays(config),
+                                  late_s=period / 2)
+    ticks = tick_times(recorded, t_from - warmup_s, t_to, period)
     if not [t for t in ticks if t >= t_from - 1e-9]:
         raise ValueError(f"no control tick recorded in {t_from:g} .. {t_to:g} s of {source}")
     log.info("replay of %s: %d ticks (%d of warm-up)", source, len(ticks), sum(t < t_from - 1e-9 for t in ticks))
+    start = start_values(config, snapshots.at(ticks[0]), ticks[0] if read_from is None else read_from)
     result = replay(config, snapshots, ticks, recorded, compare_from=t_from, modes=modes, **loop_options)
     diffs, rows = compare(recorded, result)
     private_dir(out_dir)
@@ -332,10 +223,20 @@ def run_replay(config, points: Sequence[Point], t_from: float, t_to: float, out_
     lines = ["time_s,tag,recorded,replayed,difference"] + [f"{t:.3f},{tag},{a!r},{b!r},{d!r}" for t, tag, a, b, d in rows]
     write_private_text(out_dir / "proposals.csv", "\n".join(lines) + "\n")
     summary = _summary(config, source, t_from, t_to, warmup_s, recorded, result, diffs)
+    summary["start"] = start
     summary["estimates_max_abs_difference"] = estimate_differences(points, result)
     summary["plots"] = [replay_plot(out_dir / "replay.png", config, rows, t_from).name] if make_plot else []
     write_private_text(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
     return summary
+
+
+def start_values(config, first: Mapping[str, Sample], read_from: float) -> dict:
+    """Where the first tick's snapshot comes from: the PLC tags whose value is the last recorded
+    before the window read (``read_from``: a live record keeps a value once, when it changes) and
+    those with none recorded at or before the first tick (their loops hold: input missing)."""
+    names = [t.name for t in config.tags]
+    held = sorted(n for n in names if n in first and first[n].source_time < read_from - 1e-9)
+    return {"held_from_before": held, "missing": sorted(n for n in names if n not in first)}
 
 
 def _finite(x: float) -> float | None:
