@@ -96,8 +96,16 @@ class CellModel:
                          value(f"{tp}.SALT_FEED", 0.0) / G_PER_H_PER_MOL_S, self.p.t_amb])
 
     def predict(self, z: np.ndarray, u: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
+        """x⁻ = z(dt) with u held, by Dormand–Prince 5(4) (``RK45``) at rtol 1e-6, atol 1e-9;
+        Φ = exp(A·dt) with A by forward differences. The reduced model is not stiff (its
+        fastest mode is the anode effect, τ_ae = 30 s; the cell's ~1 s liquid-fraction modes
+        are not in it), so an explicit pair takes about 40 right-hand sides per 60 s tick.
+        Measured on 4 h of the shipped cell1 against Radau at rtol 1e-11: within 0.64 of the
+        tolerance (1e-9 + 1e-6·|z|), 1.7 ms a call; LSODA: within 2.1 at 1.0 ms, but
+        scipy 1.17's LSODA keeps ~1.4 KB of native memory per call (5 states), so a
+        long-running loop's resident set grows with every tick. RK45 is pure Python/numpy."""
         a = fd_jacobian(lambda zz: self.rates(zz, u), z)
-        sol = solve_ivp(lambda t, zz: self.rates(zz, u), (0.0, dt), z, method="LSODA",
+        sol = solve_ivp(lambda t, zz: self.rates(zz, u), (0.0, dt), z, method="RK45",
                         rtol=1e-6, atol=1e-9)
         return sol.y[:, -1], discretise(a, dt)
 

@@ -179,10 +179,11 @@ class Instructor:
 
     async def _guarded(self, fn, rebuild: Callable | None = None) -> str:
         """``fn()`` under the server's lock (never in the middle of an advance); ``rebuild()``, when
-        given, first builds a new session in a worker thread and ``fn(new)`` puts it in place."""
+        given, first builds a new session on the plant's stepping thread (``PlcServer.on_stepper``:
+        it replays the journal) and ``fn(new)`` puts it in place."""
         try:
             async with self.server.lock:
-                msg = fn(await asyncio.to_thread(rebuild)) if rebuild is not None else fn()
+                msg = fn(await self.server.on_stepper(rebuild)) if rebuild is not None else fn()
             await self.update()
             await self.server.publish(force=True)
             return f"ok {msg}".strip()
@@ -197,8 +198,10 @@ class Instructor:
             return f"error: {type(exc).__name__}: {exc}"
 
     def _swap(self, new) -> str:
-        new.listeners = self.plant.session.listeners
+        old = self.plant.session
+        new.listeners = old.listeners
         self.plant.session = new
+        old.close()  # its control loop's workers: the old session is not ticked again
         return f"t={new.t:.0f} s ({mmss(new.t)})"
 
     def _rebuild(self, snap) -> Callable:
@@ -324,7 +327,8 @@ async def serve_training(session, endpoint: str, *, speed: float = 10.0, stop: a
     """Serve a training session's plant with the instructor controls until ``stop`` (set by
     ``duration_s`` or the End method). ``restore(snapshot, config)`` rebuilds a saved session (a
     path or a snapshot) for Restore and Clear; ``snapshot_dir`` is the folder of Snapshot / Restore.
-    The returned server's ``instructor`` tells who ended the session (``ended_by``)."""
+    The returned server's ``instructor`` tells who ended the session (``ended_by``). The session
+    served last is closed at the end (``TrainingSession.close``: its record stays readable)."""
     plant = SessionPlant(session)
     config = session.config
     server = PlcServer(config.tags, config.opcua.namespace_uri, plant, endpoint,
@@ -350,4 +354,5 @@ async def serve_training(session, endpoint: str, *, speed: float = 10.0, stop: a
         stop.set()
         await updates
         await server.stop()
+        plant.session.close()
     return server

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .server import PlcServer, chunk_steps, sleep_unless
+from .server import PlcServer, chunk_steps, sleep_unless, stepper
 from .server_security import ServerSecurity, server_security_from_env
 
 log = logging.getLogger(__name__)
@@ -72,23 +72,12 @@ async def scan(plant, servers: Sequence[PlcServer], lock: asyncio.Lock, speed: f
                max_chunk_steps: int = 5) -> None:
     """Advance ``plant`` in real time × ``speed`` until ``stop`` is set; after each advance every
     server publishes its changed tags; every wall second every server beats. The plant is advanced
-    off the event loop, always on the same one worker thread (``stepper``); catching up, at most
+    off the event loop, always on the same one worker thread (``server.stepper``); catching up, at most
     ``server.chunk_steps`` grid steps between two publications (every plant second on a 1 s step)."""
     if not speed > 0:
         raise ValueError("speed must be > 0")
     with stepper() as worker:
         await _scan(plant, servers, lock, speed, stop, max_chunk_steps, worker)
-
-
-def stepper() -> ThreadPoolExecutor:
-    """The one thread that advances the plant for the life of a scan. Not asyncio's default
-    pool: that hands successive advances to any of its up to min(32, cores + 4) threads, and
-    native memory the solvers hold per calling thread (allocator arenas, solver work space) then
-    grows with every thread that has run one. Measured in-process over 5 plant-hours of 60 s
-    steps with the cascade on scipy's BDF (a fresh sparse LU at every step): +18.5 MiB per
-    plant-hour through the default pool, +8.2 on one thread of its own; with the solvers kept
-    across steps (``twin.flowsheet``) RSS is flat either way (``benchmarks/memory_soak.py``)."""
-    return ThreadPoolExecutor(1, thread_name_prefix="plant-step")
 
 
 async def _scan(plant, servers, lock, speed, stop, max_chunk_steps, worker: ThreadPoolExecutor) -> None:

@@ -2,8 +2,8 @@
 (``snapshot()``, ``write()``, ``unit_of()``, ``t``, ``advance()``; the TwinPlant in production).
 
 Scan: the plant advances in real time × ``speed`` on its synchronisation grid (``advance`` runs
-in a worker thread, a few grid steps at a time, or a served 1 s step on the loop's own thread, under
-a lock that writes also take, so a write never lands in the middle of a physics step); after each advance every changed tag is pushed
+a few grid steps at a time on the server's one stepping thread, ``stepper``, under a lock that
+writes also take, so a write never lands in the middle of a physics step); after each advance every changed tag is pushed
 with its SourceTimestamp = ``epoch_s + sample.source_time`` (the plant clock). Quality maps to
 StatusCode: GOOD -> Good, UNCERTAIN -> UncertainEngineeringUnitsExceeded, BAD -> BadSensorFailure
 (value Null, as OPC UA requires for a Bad value).
@@ -23,11 +23,14 @@ Writes (every item, in request order, nothing applied for a refused item):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
+import functools
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
@@ -77,6 +80,17 @@ def chunk_steps(step_s: float, max_chunk_steps: int) -> int:
     return max(1, min(max_chunk_steps, int(math.floor(PUBLISH_EVERY_S / step_s + 1e-9))))
 
 
+def stepper() -> ThreadPoolExecutor:
+    """The one thread that advances a plant for the life of its server (or scan). Not asyncio's
+    default pool: that hands successive advances to any of its up to min(32, cores + 4) threads,
+    and native memory the solvers hold per calling thread (allocator arenas, solver work space)
+    then grows with every thread that has run one. Measured in-process over 5 plant-hours of
+    60 s steps with the cascade on scipy's BDF (a fresh sparse LU at every step): +18.5 MiB per
+    plant-hour through the default pool, +8.2 on one thread of its own; with the solvers kept
+    across steps (``twin.flowsheet``) RSS is flat either way (``benchmarks/memory_soak.py``)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="plant-step")
+
+
 class PlcServer:
     """One simulated PLC serving ``tags`` from ``plant`` at ``endpoint``."""
 
@@ -104,6 +118,7 @@ class PlcServer:
         self.frozen = False
         self.speed: float | None = None
         self._advanced_at = time.monotonic()  # wall time of the last scan (plant_time_now)
+        self._stepper: ThreadPoolExecutor | None = None  # made on the first advance, ended by stop()
 
     # -- life cycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -133,6 +148,9 @@ class PlcServer:
 
     async def stop(self) -> None:
         await self.server.stop()
+        if self._stepper is not None:
+            self._stepper.shutdown(wait=True)
+            self._stepper = None
 
     # -- scan ----------------------------------------------------------------------------
     def _stamp(self, source_time: float) -> dt.datetime:
@@ -166,18 +184,21 @@ class PlcServer:
         expired = self._watchdog_value != 0 and time.monotonic() - self._watchdog_changed > self.watchdog_s
         await self._diag("WatchdogExpired", ua.Variant(expired, ua.VariantType.Boolean))
 
+    async def on_stepper(self, fn: Callable, *args):
+        """``fn(*args)`` on the thread that advances the plant (``stepper``): anything that steps
+        the plant's solvers (an advance, a session rebuilt by replaying its journal) runs there,
+        so their per-thread native memory is held by one thread only. As ``asyncio.to_thread``,
+        ``fn`` sees the caller's context variables (the user of the request being served)."""
+        if self._stepper is None:
+            self._stepper = stepper()
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._stepper, call)
+
     async def advance(self, dt_s: float) -> None:
-        """Advance the plant by ``dt_s``: a served step (at most ``PUBLISH_EVERY_S``, a few ms of
-        CPU) on the event loop's own thread, longer advances in a worker thread. Measured with
-        scipy 1.17 on a served session at 1 s steps: RSS grows ~1.1 GiB per plant-hour when every
-        step runs in a worker thread, ~117 MiB on the loop's thread (the solvers leak per call, far
-        more in a thread)."""
+        """Advance the plant by ``dt_s`` on the stepping thread (the event loop serves clients
+        meanwhile), under the lock, then publish."""
         async with self.lock:
-            if dt_s <= PUBLISH_EVERY_S:
-                self.plant.advance(dt_s)
-                await asyncio.sleep(0)  # let clients and timers in between two steps
-            else:
-                await asyncio.to_thread(self.plant.advance, dt_s)
+            await self.on_stepper(self.plant.advance, dt_s)
             self._advanced_at = time.monotonic()
         await self.publish()
 

@@ -104,6 +104,8 @@ def simulate(
         sink.flush()
     finally:
         sink.close()
+        if ctrl is not None:
+            ctrl.close()  # the loop's slow-job workers; its statistics stay readable
     wall = time.perf_counter() - wall0
     summary = {
         "config": config.name,

@@ -274,6 +274,7 @@ def restore_cmd(
     if out_file is not None:
         session.save(out_file)
         out.print(f"saved {out_file}")
+    session.close()
 
 
 from .cli_instructor import instructor_app  # noqa: E402  (pilot train instructor URL ...)

@@ -79,10 +79,13 @@ def serve_cmd(
     url = _url(endpoint or session.config.opcua.endpoint)
     sp = _speed(speed)
     duration_s = None if duration is None else _duration(duration)
-    if not operator_endpoint:
-        return _serve_plc_only(session, sc, url, sp, duration_s, server_security, snapshot_dir)
-    _serve_plant(session, sc, url, sp, duration_s, server_security, operator_endpoint, operator_security, pki,
-                 anonymous, mode.value, out_dir, instructor, snapshot_dir)
+    try:
+        if not operator_endpoint:
+            return _serve_plc_only(session, sc, url, sp, duration_s, server_security, snapshot_dir)
+        _serve_plant(session, sc, url, sp, duration_s, server_security, operator_endpoint, operator_security,
+                     pki, anonymous, mode.value, out_dir, instructor, snapshot_dir)
+    finally:
+        session.close()  # its control loop's workers (also when serving never started)
 
 
 def _server_security(security, pki, anonymous):

@@ -2,8 +2,11 @@
 statistics shared with the live runner (``pilot run``).
 
 ``ClosedLoop.tick(plant)``: snapshot → ``ControlLoop.step`` → ``plant.write(writes)`` → tell the
-loop what was refused → return the tick's historian points. ``LoopStats`` counts ticks, held
-tags, refused writes and alarms and keeps the tick latencies for the summary's p50 / p99.
+loop what was refused → return the tick's historian points; ``close()`` (or a with-statement)
+ends the loop's slow-job workers. ``LoopStats`` counts ticks, held tags, refused writes and alarms
+and keeps the tick latencies in a ``LatencyHistogram`` for the summary's p50 / p99 / max: a
+fixed number of counters however long the loop runs (a process serving for weeks keeps no list
+of every tick).
 """
 
 from __future__ import annotations
@@ -22,6 +25,47 @@ from .historian.base import Point
 log = logging.getLogger(__name__)
 
 
+class LatencyHistogram:
+    """Counts of latencies in logarithmic bins: ``BINS_PER_DECADE`` bins per factor of ten from
+    ``LOW_S`` to ``HIGH_S`` (values outside land in the end bins), the exact minimum and maximum
+    beside them. A quantile q is the geometric centre of the bin holding the ⌈q·n⌉-th smallest
+    value, clipped to [min, max] (the smallest and the largest exactly): within a factor
+    10^(1/(2·BINS_PER_DECADE)) of the exact order statistic (±0.6 % at 200 bins a decade) for
+    values inside the range, in constant memory (2,000 counters)."""
+
+    LOW_S, HIGH_S, BINS_PER_DECADE = 1e-6, 1e4, 200
+
+    def __init__(self) -> None:
+        decades = np.log10(self.HIGH_S / self.LOW_S)
+        self.counts = np.zeros(int(round(decades * self.BINS_PER_DECADE)), dtype=np.int64)
+        self.n = 0
+        self.min_s, self.max_s = np.inf, -np.inf
+
+    def add(self, latency_s: float) -> None:
+        x = float(latency_s)
+        if not np.isfinite(x):
+            return
+        k = int(np.floor(np.log10(max(x, self.LOW_S) / self.LOW_S) * self.BINS_PER_DECADE))
+        self.counts[min(max(k, 0), self.counts.size - 1)] += 1
+        self.n += 1
+        self.min_s, self.max_s = min(self.min_s, x), max(self.max_s, x)
+
+    def quantile(self, q: float) -> float:
+        """The q-quantile (0..1) in seconds; 0.0 before the first value."""
+        if self.n == 0:
+            return 0.0
+        rank = min(max(int(np.ceil(q * self.n)), 1), self.n)
+        if rank in (1, self.n):  # the smallest and the largest are kept exactly
+            return float(self.min_s if rank == 1 else self.max_s)
+        k = int(np.searchsorted(np.cumsum(self.counts), rank))
+        centre = self.LOW_S * 10.0 ** ((k + 0.5) / self.BINS_PER_DECADE)
+        return float(min(max(centre, self.min_s), self.max_s))
+
+    def summary_ms(self) -> dict[str, float]:
+        return {"p50": 1e3 * self.quantile(0.50), "p99": 1e3 * self.quantile(0.99),
+                "max": 1e3 * self.max_s if self.n else 0.0}
+
+
 @dataclass
 class LoopStats:
     ticks: int = 0
@@ -31,11 +75,11 @@ class LoopStats:
     written: int = 0
     refused: Counter = field(default_factory=Counter)  # tag -> count
     raised: Counter = field(default_factory=Counter)  # alarm id -> activations
-    latencies_s: list[float] = field(default_factory=list)
+    latencies: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def add(self, tick: TickResult, result: WriteResult | None) -> None:
         self.ticks += 1
-        self.latencies_s.append(tick.latency_s)
+        self.latencies.add(tick.latency_s)
         if tick.held:
             self.ticks_with_holds += 1
         for reason in tick.held.values():
@@ -51,7 +95,6 @@ class LoopStats:
                 self.refused[tag] += 1
 
     def summary(self, loop: ControlLoop, t: float) -> dict:
-        lat = np.array(self.latencies_s) * 1e3 if self.latencies_s else np.zeros(1)
         m = loop.alarms.metrics(t)
         return {
             "modes": {k: v for k, v in loop.modes.items() if not k.startswith("<")},
@@ -62,8 +105,7 @@ class LoopStats:
             "alarms_raised": sum(self.raised.values()), "alarms_raised_by_id": dict(self.raised),
             "alarm_peak_per_10min": dict(m.peak_per_window), "alarm_flooded_s": dict(m.time_in_flood_s),
             "alarms_chattered": list(m.chattered),
-            "tick_latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
-                                "max": float(lat.max())},
+            "tick_latency_ms": self.latencies.summary_ms(),
             "units": [u.name for u in loop.units],
         }
 
@@ -97,3 +139,14 @@ class ClosedLoop:
 
     def stats_summary(self, t: float) -> dict:
         return self.stats.summary(self.loop, t)
+
+    def close(self) -> None:
+        """End the loop's slow-job workers (``ControlLoop.close``); idempotent. The statistics
+        stay readable."""
+        self.loop.close()
+
+    def __enter__(self) -> ClosedLoop:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

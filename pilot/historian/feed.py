@@ -91,16 +91,17 @@ def simulated_run(config, duration_s: float, *, epoch_s: float = 0.0, seed: int 
                 if isinstance(v, (int, float)) and math.isfinite(float(v))}
         return shift(process_points(fresh(plant.snapshot()), units) + kpi_points(plant.t, kpis))
 
-    yield recorded()
-    while plant.t < duration_s - 1e-9:
-        plant.advance(min(next_record, ctrl.next_t, duration_s) - plant.t)
-        if plant.t >= ctrl.next_t - 1e-9:
-            yield shift(ctrl.tick(plant))
-        if plant.t >= next_record - 1e-9 or plant.t >= duration_s - 1e-9:
-            next_record += record_dt
-            yield recorded()
-            if progress:
-                progress(plant.t, duration_s)
+    with ctrl:  # the loop's slow-job workers end with the feed (also when it is not read to the end)
+        yield recorded()
+        while plant.t < duration_s - 1e-9:
+            plant.advance(min(next_record, ctrl.next_t, duration_s) - plant.t)
+            if plant.t >= ctrl.next_t - 1e-9:
+                yield shift(ctrl.tick(plant))
+            if plant.t >= next_record - 1e-9 or plant.t >= duration_s - 1e-9:
+                next_record += record_dt
+                yield recorded()
+                if progress:
+                    progress(plant.t, duration_s)
 
 
 def _shifter(epoch_s: float) -> Callable[[list[Point]], list[Point]]:

@@ -290,5 +290,8 @@ def run_scenario(scenario: Scenario, config, *, trainee: list[ScriptedAction] | 
     if on_tick is not None:
         session.listeners.append(on_tick)
     from .session import Pacer
-    session.run_for(scenario.duration_s, None if speed is None else Pacer(speed))
+    try:
+        session.run_for(scenario.duration_s, None if speed is None else Pacer(speed))
+    finally:
+        session.close()  # the control loop's workers; the session and its record stay readable
     return session, rec

@@ -182,6 +182,12 @@ class TrainingSession:
             listener(self, self.last)
         return self.last
 
+    def close(self) -> None:
+        """End the control loop's slow-job workers (``ControlLoop.close``); idempotent. The
+        session is not ticked after; its journal, record and snapshots stay readable."""
+        if self.loop is not None:
+            self.loop.close()
+
     def run_for(self, seconds: float, pacer: Pacer | None = None) -> None:
         """Run ``seconds`` of session time (paced by ``pacer``; None: as fast as possible)."""
         end = self.t + seconds - 1e-9
