@@ -54,13 +54,23 @@ print(json.dumps({"at": digest_at, "end": state_digest(s), "t": s.t, "restore_s"
 """
 
 
+def _clean_env() -> dict[str, str]:
+    """A bare environment for the restoring process, but the same maths-library settings as this
+    one: OpenBLAS picks its kernels from OPENBLAS_CORETYPE and friends, and other kernels round
+    differently, so a bit-for-bit continuation needs the same ones."""
+    import os
+
+    blas = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "GOTO"))}
+    return {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **blas}
+
+
 def test_snapshot_restored_in_new_process_continues_bit_for_bit(line, tmp_path):
     s = _busy_session(line)
     path = s.save(tmp_path / "snap.json")
     at = state_digest(s)
     s.run_for(1200)
     out = subprocess.run([sys.executable, "-c", RESTORE, str(path)], check=False, cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                         text=True, timeout=120, env=_clean_env())
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["at"] == at and r["end"] == state_digest(s) and r["t"] == s.t == 3000.0
