@@ -168,8 +168,16 @@ def dask_client(workers: int = 2, scheduler: str | None = None) -> Iterator:
         with Client(scheduler, timeout="20s") as client:
             yield client
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
+    import dask
+
+    # Dask's nanny gives its workers MALLOC_TRIM_THRESHOLD_=65536 (memory handed back to the OS
+    # eagerly); a twin run allocates many small arrays and pays for it: measured 2.5 % per scenario
+    # on six one-hour closed-loop runs. A sweep's workers live as long as the sweep only.
+    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+               if k != "MALLOC_TRIM_THRESHOLD_"}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                         silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
         yield client
 
 
